@@ -1,0 +1,265 @@
+"""Sky statistics of a set of pixel values (mean, median, mode, midpt).
+
+The numbers reproduce those of the ``ImageStats`` class of
+``stsci.imagestats`` (the statistics jwst's skymatch uses), computed with
+numpy instead of C:
+
+* values are converted to float32 first;
+* ``lower``/``upper`` limit the usable values; each of the ``nclip``
+  clipping iterations recomputes mean and standard deviation of the values
+  inside the current limits and narrows the limits to
+  ``[mean - lsigma * std, mean + usigma * std]`` (never beyond
+  ``lower``/``upper``);
+* ``median`` is the median of the values inside the final limits (of all
+  values when ``nclip == 0``, as ``ImageStats`` does);
+* ``mode`` and ``midpt`` come from a histogram with bins of
+  ``binwidth * std``, filled from all values between the clipped minimum
+  and maximum; the mode is the parabolic interpolation of the histogram
+  peak and the midpt the interpolated 50% point of its cumulative sum.
+
+Where ``ImageStats`` degenerates we return a sensible value instead
+(documented in ``docs/description.rst``):
+
+* a single value: its standard deviation is undefined, and ``ImageStats``
+  returns NaN for the mode; we return the value itself;
+* all values in one histogram bin (e.g. a constant image): ``ImageStats``
+  returns the *count* of the bin (0 for a constant image) as midpt; we
+  return the centre of the occupied value range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["SKYSTATS", "SkyStatistics", "StatsError"]
+
+#: Names of the supported statistics.
+SKYSTATS = ("mean", "median", "mode", "midpt")
+
+_F32_TINY = 10.0 * float(np.finfo(np.float32).eps)
+
+
+class StatsError(ValueError):
+    """The statistics cannot be computed (no usable values)."""
+
+
+@dataclass(frozen=True)
+class SkyStatistics:
+    """Settings of the sky statistic; calling it computes the statistic.
+
+    Parameters
+    ----------
+    skystat : {'mode', 'median', 'mean', 'midpt'}
+        The statistic to report.
+    lower, upper : float or None
+        Usable range of pixel values; `None` for no limit.
+    nclip : int
+        Number of sigma-clipping iterations (>= 0).
+    lsigma, usigma : float
+        Lower and upper clipping limits, in standard deviations (> 0).
+    binwidth : float
+        Histogram bin width for ``mode`` and ``midpt``, in standard
+        deviations (> 0).
+    """
+
+    skystat: str = "mode"
+    lower: float | None = None
+    upper: float | None = None
+    nclip: int = 5
+    lsigma: float = 4.0
+    usigma: float = 4.0
+    binwidth: float = 0.1
+
+    def __post_init__(self):
+        if self.skystat not in SKYSTATS:
+            raise ValueError(
+                f"Unknown skystat {self.skystat!r}; valid choices are {', '.join(SKYSTATS)}."
+            )
+        if int(self.nclip) != self.nclip or self.nclip < 0:
+            raise ValueError(f"nclip must be a non-negative integer, not {self.nclip!r}.")
+        for name in ("lsigma", "usigma", "binwidth"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"{name} must be a positive number, not {value!r}.")
+        if self.lower is not None and self.upper is not None and self.lower > self.upper:
+            raise ValueError(f"lower ({self.lower}) must not be larger than upper ({self.upper}).")
+
+    def __call__(self, values):
+        """Compute the statistic of ``values``.
+
+        Parameters
+        ----------
+        values : array-like
+            Pixel values (any shape); they must all be finite.
+
+        Returns
+        -------
+        value : float
+            The statistic. Its scalar type (Python float, numpy float32 or
+            float64) is the one ``ImageStats`` gives, so that arithmetic
+            with it (e.g. subtracting it from a float32 image) rounds the
+            same way as in jwst.
+        npix : int
+            Number of values used (inside the final clipping limits).
+
+        Raises
+        ------
+        StatsError
+            If there are no values, or none inside ``lower``/``upper`` or
+            the clipping limits.
+        """
+        return compute(values, self)
+
+
+def _clipped_moments(x, lo, hi):
+    """Values of ``x`` within ``[lo, hi]`` and their count, mean, std, min, max.
+
+    Follows ``computeMean`` of stsci.imagestats (float32 limits, double
+    sums, float32 results), including how its running minimum and maximum
+    start from the first element of the array.
+    """
+    lo32 = np.float32(lo)
+    hi32 = np.float32(hi)
+    good = x[(x >= lo32) & (x <= hi32)]
+    n = good.size
+    if n == 0:
+        return good, 0, 0.0, 0.0, 0.0, 0.0
+    first = x[0]
+    vmin = min(lo32 if lo32 > first else first, good.min())
+    vmax = max(hi32 if hi32 < first else first, good.max())
+    mean = np.float32(np.sum(good, dtype=np.float64) / n)
+    d = good - mean
+    std = np.float32(np.sqrt(np.sum(d * d, dtype=np.float64) / (n - 1))) if n > 1 else np.nan
+    return good, n, float(mean), float(std), float(vmin), float(vmax)
+
+
+def compute(values, settings):
+    """Compute the sky statistic of ``values``; see `SkyStatistics`.
+
+    Parameters
+    ----------
+    values : array-like
+        Finite pixel values.
+    settings : SkyStatistics
+        What to compute.
+
+    Returns
+    -------
+    value : float
+        The statistic.
+    npix : int
+        Number of values inside the final clipping limits.
+    """
+    x = np.ravel(np.asarray(values))
+    if x.dtype != np.float32:
+        x = x.astype(np.float32)
+    if x.size == 0:
+        raise StatsError("no pixel values to compute statistics from")
+
+    dmin = x.min()
+    dmax = x.max()
+    lower = dmin if settings.lower is None else settings.lower
+    upper = dmax if settings.upper is None else settings.upper
+    if settings.lower is not None and lower > dmax:
+        raise StatsError(f"lower limit {lower} is above all pixel values (max {dmax})")
+    if settings.upper is not None and upper < dmin:
+        raise StatsError(f"upper limit {upper} is below all pixel values (min {dmin})")
+
+    clipmin, clipmax = lower, upper
+    for it in range(settings.nclip + 1):
+        good, npix, mean, std, vmin, vmax = _clipped_moments(x, clipmin, clipmax)
+        if npix <= 0:
+            raise StatsError("no pixel values left inside the clipping limits")
+        if it < settings.nclip:
+            # Python's max/min keep the limit when the candidate is NaN
+            # (a single value has an undefined standard deviation).
+            clipmin = max(lower, mean - settings.lsigma * std)
+            clipmax = min(upper, mean + settings.usigma * std)
+
+    stat = settings.skystat
+    if stat == "mean":
+        return mean, npix
+    if stat == "median":
+        if settings.nclip > 0:
+            x = x[(x <= clipmax) & (x >= clipmin)]
+        return np.median(x), npix
+
+    if npix == 1:
+        # Degenerate: a single value (see module docstring).
+        return float(good[0]), npix
+    hwidth = settings.binwidth * std
+    drange = vmax - vmin
+    if drange == 0.0:
+        # Degenerate: a constant (see module docstring).
+        return vmin, npix
+    if hwidth < _F32_TINY or abs(drange) < _F32_TINY or hwidth > drange:
+        nbins = 1
+        dz = drange
+    else:
+        nbins = int(drange / hwidth) + 1
+        dz = drange / (nbins - 1)
+    hist = _histogram(x, nbins, dz, vmin)
+
+    if stat == "mode":
+        return _mode(hist, nbins, vmin, hwidth), npix
+    return _midpt(hist, vmin, vmax, hwidth), npix
+
+
+def _histogram(x, nbins, dz, vmin):
+    """Histogram as ``populate1DHist`` of stsci.imagestats fills it."""
+    width = np.float32(dz)
+    start = np.float32(vmin)
+    stop = start + width * nbins
+    inv = np.float32(1.0) / width
+    edge = np.float32(start + width * np.float32(nbins))
+    closed = int(inv * (edge - start)) == nbins
+    if closed:
+        edge = np.float32(edge * (np.float32(1.0) - np.finfo(np.float32).eps))
+    stop = min(stop, edge)
+    if closed:
+        sel = (x >= start) & (x <= stop)
+    else:
+        sel = (x >= start) & (x < stop)
+    idx = (inv * (x[sel] - start)).astype(np.int64)
+    return np.bincount(idx, minlength=nbins)[:nbins].astype(np.uint32)
+
+
+def _mode(hist, nbins, vmin, hwidth):
+    if nbins == 1:
+        return vmin + 0.5 * hwidth
+    if nbins == 2:
+        if hist[0] > hist[1]:
+            return vmin + 0.5 * hwidth
+        if hist[0] < hist[1]:
+            return vmin + 1.5 * hwidth
+        return vmin + hwidth
+    peak = int(np.argmax(hist))
+    if peak == 0:
+        return vmin + 0.5 * hwidth
+    if peak == nbins - 1:
+        return vmin + (nbins - 0.5) * hwidth
+    dh1 = int(hist[peak]) - int(hist[peak - 1])
+    dh2 = int(hist[peak]) - int(hist[peak + 1])
+    denom = dh1 + dh2
+    if denom == 0:
+        return vmin + (peak + 0.5) * hwidth
+    pos = np.float64(peak + 1 + 0.5 * (dh1 - dh2) / denom)
+    return vmin + (pos - 0.5) * hwidth
+
+
+def _midpt(hist, vmin, vmax, hwidth):
+    if hist.size == 1:
+        # Degenerate single bin (see module docstring): centre of range.
+        return 0.5 * (vmin + vmax)
+    csum = np.cumsum(hist).astype(np.float32)
+    csum = csum / csum[-1]
+    lo = int(np.flatnonzero(csum >= 0.5)[0])
+    h1 = np.float64(vmin + lo * hwidth)  # float64, so float32 terms promote
+    hdiff = csum[0] if lo == 0 else csum[lo] - csum[lo - 1]
+    if hdiff == 0:
+        return h1
+    if lo == 0:
+        return h1 + 0.5 / hdiff * hwidth
+    return h1 + (0.5 - csum[lo - 1]) / hdiff * hwidth

@@ -1,0 +1,13 @@
+"""Exceptions raised by skymatch_step."""
+
+from __future__ import annotations
+
+__all__ = ["GeometryError", "SkymatchError"]
+
+
+class SkymatchError(Exception):
+    """Base class of the errors raised by skymatch_step."""
+
+
+class GeometryError(SkymatchError):
+    """A footprint or overlap could not be computed from an image's WCS."""

@@ -1,0 +1,65 @@
+"""jwst's Image3 pipeline with this package's skymatch step."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from jwst.pipeline import Image3Pipeline
+
+from .step import SkymatchStep
+
+__all__ = ["SkymatchImage3Pipeline"]
+
+log = logging.getLogger(__name__)
+
+
+class SkymatchImage3Pipeline(Image3Pipeline):
+    """``calwebb_image3`` with `SkymatchStep` as its ``skymatch`` step.
+
+    Everything else (steps, parameters, outputs) is jwst's
+    ``Image3Pipeline``. Registered with stpipe as ``skymatch_image3``.
+
+    CRDS parameter reference files are used for the other steps only when
+    CRDS is configured (``CRDS_SERVER_URL`` or ``CRDS_PATH`` is set) and
+    ``STPIPE_DISABLE_CRDS_STEPPARS`` does not disable them; otherwise the
+    pipeline runs offline with default parameters.
+    """
+
+    step_defs = {**Image3Pipeline.step_defs, "skymatch": SkymatchStep}
+
+    @classmethod
+    def get_config_from_reference(cls, dataset, disable=None, crds_observatory=None):
+        """CRDS parameters of the pipeline's steps, when CRDS is configured.
+
+        Parameters
+        ----------
+        dataset : DataModel, ModelLibrary, str or dict
+            Input used to select the parameter reference files.
+        disable : bool or None, optional
+            Skip CRDS; `None` follows ``STPIPE_DISABLE_CRDS_STEPPARS``.
+        crds_observatory : str or None, optional
+            Observatory name, when ``dataset`` is a dict.
+
+        Returns
+        -------
+        configobj.ConfigObj
+        """
+        if disable is None and not (
+            os.environ.get("CRDS_SERVER_URL") or os.environ.get("CRDS_PATH")
+        ):
+            log.info("CRDS is not configured: running %s with default parameters.", cls.__name__)
+            return cls._empty_config()
+        return super().get_config_from_reference(
+            dataset, disable=disable, crds_observatory=crds_observatory
+        )
+
+    @staticmethod
+    def get_stpipe_loggers():
+        """Name the loggers whose messages stpipe shows, this package's included.
+
+        Returns
+        -------
+        tuple of str
+        """
+        return ("skymatch_step", *Image3Pipeline.get_stpipe_loggers())

@@ -1,0 +1,657 @@
+"""Simulated JWST-like calibrated image mosaics with a known sky level.
+
+The simulator writes ``*_cal.fits`` files that look enough like NIRCam
+imaging products for `~jwst.datamodels.ModelLibrary` grouping, the
+skymatch step and the Image3 pipeline (with tweakreg and source catalog
+skipped) to run on them offline: a gwcs WCS built from astropy models with
+a mild optical distortion, diffuse emission that is consistent across
+tiles, stars, noise, cosmic rays, DQ flags with NaN bad pixels, and a
+known additive sky level per exposure.
+
+Examples
+--------
+>>> from skymatch_step.simulate import MosaicSpec, write_mosaic
+>>> truth = write_mosaic(MosaicSpec(n_exposures=4), "sim")  # doctest: +SKIP
+>>> truth.asn_path  # doctest: +SKIP
+PosixPath('sim/sim_asn.json')
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy import units as u
+from astropy.coordinates import ICRS
+from astropy.modeling import models
+from gwcs import WCS, coordinate_frames
+
+__all__ = [
+    "MosaicSpec",
+    "MosaicTruth",
+    "TileSpec",
+    "make_gwcs",
+    "make_image_model",
+    "simulate_mosaic",
+    "write_mosaic",
+]
+
+#: NIRCam short-wave-like pixel scale, arcsec per pixel.
+DEFAULT_PIXEL_SCALE = 0.031
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """Placement of one detector image on the sky.
+
+    Parameters
+    ----------
+    offset : tuple of float
+        Offset ``(east, north)`` of the tile centre from the mosaic centre,
+        in arcseconds, in the mosaic's tangent plane.
+    rotation : float
+        Position angle of the detector y axis, degrees east of north.
+    exposure : int
+        Exposure number (1-based). Tiles of one exposure form one sky group.
+    detector : str
+        Detector name, used in the file name.
+    """
+
+    offset: tuple[float, float]
+    rotation: float
+    exposure: int
+    detector: str
+
+
+@dataclass(frozen=True)
+class MosaicSpec:
+    """Parameters of a simulated mosaic.
+
+    Parameters
+    ----------
+    n_exposures : int
+        Number of exposures (dither/mosaic positions).
+    detectors_per_exposure : int
+        Detectors in each exposure (1, 2 or 4), laid out 2 x 2 with gaps;
+        they share the exposure's sky level and sky group.
+    shape : tuple of int
+        Image shape ``(ny, nx)``.
+    overlap : float
+        Fraction of a tile's width shared with its neighbour in the mosaic
+        grid.
+    columns : int or None
+        Exposures per mosaic row; by default about ``sqrt(n_exposures)``.
+    pixel_scale : float
+        Pixel scale in arcsec.
+    sky_levels : sequence of float or None
+        Sky level of each exposure (MJy/sr); random in ``[0.1, 0.5]`` if
+        `None`.
+    diffuse : float
+        Peak surface brightness of the diffuse emission (MJy/sr).
+    n_stars : int
+        Number of stars over the whole mosaic.
+    noise : float
+        Standard deviation of the Gaussian pixel noise (MJy/sr).
+    cosmic_ray_fraction : float
+        Fraction of pixels hit by cosmic rays.
+    bad_fraction : float
+        Fraction of pixels flagged ``DO_NOT_USE`` and set to NaN.
+    distortion : float
+        Size of the quadratic optical distortion at the image corner, in
+        pixels (0 for an undistorted TAN projection).
+    rotation_jitter : float
+        Random rotation of each exposure, degrees.
+    center : tuple of float
+        Mosaic centre ``(ra, dec)`` in degrees.
+    gap : tuple of int or None
+        Explicit ``(gap_x, gap_y)`` between mosaic positions, in
+        columns/rows; `None` for a contiguous mosaic. A large gap gives
+        disconnected sets of images.
+    seed : int
+        Seed of the random generator.
+    """
+
+    n_exposures: int = 4
+    detectors_per_exposure: int = 1
+    shape: tuple[int, int] = (256, 256)
+    overlap: float = 0.15
+    columns: int | None = None
+    pixel_scale: float = DEFAULT_PIXEL_SCALE
+    sky_levels: tuple[float, ...] | None = None
+    diffuse: float = 0.3
+    n_stars: int = 60
+    noise: float = 0.01
+    cosmic_ray_fraction: float = 5e-4
+    bad_fraction: float = 1e-3
+    distortion: float = 1.5
+    rotation_jitter: float = 0.3
+    center: tuple[float, float] = (53.16, -27.78)
+    gap: tuple[int, int] | None = None
+    seed: int = 1
+
+
+@dataclass
+class MosaicTruth:
+    """What the simulator put into each image.
+
+    Attributes
+    ----------
+    files : list of pathlib.Path
+        The ``_cal.fits`` files, or an empty list for in-memory mosaics.
+    asn_path : pathlib.Path or None
+        The level-3 association listing the files.
+    sky : dict
+        Sky level added to each image, keyed by file name.
+    exposure : dict
+        Exposure number of each image, keyed by file name.
+    """
+
+    files: list[Path] = field(default_factory=list)
+    asn_path: Path | None = None
+    sky: dict[str, float] = field(default_factory=dict)
+    exposure: dict[str, int] = field(default_factory=dict)
+
+
+def make_gwcs(shape, ra, dec, rotation, *, pixel_scale=DEFAULT_PIXEL_SCALE, distortion=0.0):
+    """Build an imaging gwcs from astropy models, without reference files.
+
+    The transform is ``pixel -> (shift to centre) -> distortion -> scale
+    and rotation -> TAN -> sky``. The distortion is a quadratic radial
+    term whose inverse is a fitted polynomial, so the WCS has an explicit
+    backward transform like the WCSs the JWST pipeline builds.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Image shape ``(ny, nx)``.
+    ra, dec : float
+        Sky position of the image centre, degrees.
+    rotation : float
+        Position angle of the y axis, degrees east of north.
+    pixel_scale : float, optional
+        Arcsec per pixel.
+    distortion : float, optional
+        Displacement at the image corner, in pixels.
+
+    Returns
+    -------
+    gwcs.WCS
+        WCS with ``detector`` and ``world`` frames and a bounding box.
+    """
+    ny, nx = shape
+    cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
+    centre = models.Shift(-cx) & models.Shift(-cy)
+
+    rmax2 = cx * cx + cy * cy
+    k = distortion / (rmax2**1.5) if rmax2 > 0 else 0.0  # corner shift
+    dist_fwd = _radial_distortion(k)
+    if k:
+        dist_fwd.inverse = _fit_inverse(dist_fwd, cx, cy)
+    else:
+        dist_fwd = models.Identity(2)
+
+    theta = np.deg2rad(rotation)
+    scale = pixel_scale / 3600.0
+    # y axis at position angle `rotation` (east of north); x axis to the
+    # west (JWST-like parity: RA decreases with x).
+    matrix = scale * np.array([[-np.cos(theta), -np.sin(theta)], [-np.sin(theta), np.cos(theta)]])
+    matrix[:, 0] *= -1.0
+    matrix[0, :] *= -1.0
+    affine = models.AffineTransformation2D(matrix=matrix, translation=[0.0, 0.0])
+    # Projection expects degrees in the intermediate world plane.
+    sky = models.Pix2Sky_TAN() | models.RotateNative2Celestial(ra, dec, 180.0)
+    forward = centre | dist_fwd | affine | sky
+
+    detector = coordinate_frames.Frame2D(name="detector", axes_order=(0, 1), unit=(u.pix, u.pix))
+    world = coordinate_frames.CelestialFrame(
+        reference_frame=ICRS(), name="world", unit=(u.deg, u.deg)
+    )
+    wcs = WCS([(detector, forward), (world, None)])
+    wcs.bounding_box = ((-0.5, nx - 0.5), (-0.5, ny - 0.5))
+    return wcs
+
+
+def _radial_distortion(k):
+    """Return ``(x, y) -> (x, y) * (1 + k r^2)``: a mild cubic radial distortion."""
+    px = models.Polynomial2D(3, c1_0=1.0, c3_0=k, c1_2=k)
+    py = models.Polynomial2D(3, c0_1=1.0, c0_3=k, c2_1=k)
+    return models.Mapping((0, 1, 0, 1)) | (px & py)
+
+
+def _fit_inverse(forward, cx, cy, degree=5):
+    """Fit polynomials that invert ``forward`` over the image area."""
+    g = np.linspace(-1.2, 1.2, 41)
+    xx, yy = np.meshgrid(g * cx, g * cy)
+    xd, yd = forward(xx.ravel(), yy.ravel())
+    # Design matrix of monomials in the distorted coordinates.
+    sx, sy = max(cx, 1.0), max(cy, 1.0)
+    terms = [(i, j) for i in range(degree + 1) for j in range(degree + 1 - i)]
+    design = np.stack([(xd / sx) ** i * (yd / sy) ** j for i, j in terms], axis=1)
+    cxs, *_ = np.linalg.lstsq(design, xx.ravel(), rcond=None)
+    cys, *_ = np.linalg.lstsq(design, yy.ravel(), rcond=None)
+
+    def poly(coeffs):
+        kwargs = {f"c{i}_{j}": c / (sx**i * sy**j) for (i, j), c in zip(terms, coeffs, strict=True)}
+        return models.Polynomial2D(degree, **kwargs)
+
+    return models.Mapping((0, 1, 0, 1)) | (poly(cxs) & poly(cys))
+
+
+def _tile_layout(spec):
+    """Place exposures on a grid and detectors within each exposure."""
+    ny, nx = spec.shape
+    rng = np.random.default_rng(spec.seed)
+    ncol = spec.columns or max(1, int(np.ceil(np.sqrt(spec.n_exposures))))
+    ndet = spec.detectors_per_exposure
+    if ndet not in (1, 2, 4):
+        raise ValueError(f"detectors_per_exposure must be 1, 2 or 4, not {ndet}")
+    det_cols = 2 if ndet >= 2 else 1
+    det_rows = 2 if ndet == 4 else 1
+    det_gap = 0.02 * nx
+    # Width of one exposure (all its detectors) in pixels.
+    ex_w = det_cols * nx + (det_cols - 1) * det_gap
+    ex_h = det_rows * ny + (det_rows - 1) * det_gap
+    step_x = ex_w * (1.0 - spec.overlap)
+    step_y = ex_h * (1.0 - spec.overlap)
+
+    tiles = []
+    nrow = int(np.ceil(spec.n_exposures / ncol))
+    for e in range(spec.n_exposures):
+        row, col = divmod(e, ncol)
+        ex = (col - (ncol - 1) / 2.0) * step_x
+        ey = (row - (nrow - 1) / 2.0) * step_y
+        if spec.gap is not None:
+            ex += spec.gap[0] * ex_w * (col >= ncol / 2)
+            ey += spec.gap[1] * ex_h * (row >= nrow / 2)
+        rot = rng.normal(0.0, spec.rotation_jitter)
+        for d in range(ndet):
+            drow, dcol = divmod(d, det_cols)
+            dx = (dcol - (det_cols - 1) / 2.0) * (nx + det_gap)
+            dy = (drow - (det_rows - 1) / 2.0) * (ny + det_gap)
+            th = np.deg2rad(rot)
+            # rotate detector offsets with the exposure
+            ox = ex + dx * np.cos(th) - dy * np.sin(th)
+            oy = ey + dx * np.sin(th) + dy * np.cos(th)
+            off = (ox * spec.pixel_scale, oy * spec.pixel_scale)
+            tiles.append(TileSpec(off, rot, e + 1, f"nrc{'ab'[d // 2 % 2]}{d % 2 + 1}"))
+    return tiles
+
+
+def _tangent_to_sky(center, east, north):
+    """Gnomonic offsets (arcsec) about `center` to (ra, dec) degrees."""
+    tan = models.Pix2Sky_TAN() | models.RotateNative2Celestial(center[0], center[1], 180.0)
+    return tan(-np.asarray(east) / 3600.0, np.asarray(north) / 3600.0)
+
+
+def _sky_to_tangent(center, ra, dec):
+    tan = models.Pix2Sky_TAN() | models.RotateNative2Celestial(center[0], center[1], 180.0)
+    x, y = tan.inverse(ra, dec)
+    return -x * 3600.0, y * 3600.0
+
+
+class _Scene:
+    """Surface brightness of the simulated sky, in mosaic tangent arcsec."""
+
+    def __init__(self, spec, extent):
+        rng = np.random.default_rng(spec.seed + 1000)
+        self.spec = spec
+        n_blobs = 4
+        self.blob_xy = rng.uniform(-extent, extent, size=(n_blobs, 2))
+        self.blob_sigma = rng.uniform(0.3, 0.7, size=n_blobs) * extent
+        self.blob_amp = spec.diffuse * rng.uniform(0.4, 1.0, size=n_blobs)
+        self.star_xy = rng.uniform(-extent, extent, size=(spec.n_stars, 2))
+        self.star_flux = spec.diffuse * 30.0 * rng.pareto(1.5, size=spec.n_stars)
+
+    def diffuse(self, east, north):
+        out = np.zeros(np.shape(east))
+        for (bx, by), s, a in zip(self.blob_xy, self.blob_sigma, self.blob_amp, strict=True):
+            out += a * np.exp(-0.5 * ((east - bx) ** 2 + (north - by) ** 2) / s**2)
+        return out
+
+
+def _render(spec, scene, tile, rng):
+    """Pixel data, DQ and variance arrays of one tile (float32)."""
+    from stdatamodels.jwst.datamodels import dqflags
+
+    ny, nx = spec.shape
+    ra_c, dec_c = _tangent_to_sky(spec.center, *tile.offset)
+    wcs = make_gwcs(
+        spec.shape,
+        float(ra_c),
+        float(dec_c),
+        tile.rotation,
+        pixel_scale=spec.pixel_scale,
+        distortion=spec.distortion,
+    )
+    # Diffuse emission: evaluate the WCS on a coarse grid and interpolate
+    # (the emission is smooth on scales of many pixels).
+    step = max(8, min(nx, ny) // 16)
+    gx = np.unique(np.r_[np.arange(0, nx, step), nx - 1])
+    gy = np.unique(np.r_[np.arange(0, ny, step), ny - 1])
+    gxx, gyy = np.meshgrid(gx, gy)
+    ra, dec = wcs(gxx, gyy, with_bounding_box=False)
+    east, north = _sky_to_tangent(spec.center, ra, dec)
+    coarse = scene.diffuse(east, north)
+    data = _bilinear(coarse, gx, gy, nx, ny)
+
+    # Stars: project the global catalogue into the tile.
+    if scene.star_xy.size:
+        sra, sdec = _tangent_to_sky(spec.center, scene.star_xy[:, 0], scene.star_xy[:, 1])
+        sx, sy = wcs.invert(sra, sdec, with_bounding_box=False)
+        inside = (sx > -10) & (sx < nx + 10) & (sy > -10) & (sy < ny + 10)
+        _add_stars(data, sx[inside], sy[inside], scene.star_flux[inside], sigma=1.5)
+
+    exposure_sky = spec_sky(spec)[tile.exposure - 1]
+    data += exposure_sky
+    if spec.noise > 0:
+        data += rng.normal(0.0, spec.noise, size=data.shape)
+    dq = np.zeros(spec.shape, dtype=np.uint32)
+    npix = nx * ny
+    ncr = int(round(spec.cosmic_ray_fraction * npix))
+    if ncr:
+        idx = rng.choice(npix, size=ncr, replace=False)
+        data.flat[idx] += rng.uniform(5.0, 50.0, size=ncr) * max(spec.diffuse, 0.1)
+    nbad = int(round(spec.bad_fraction * npix))
+    if nbad:
+        idx = rng.choice(npix, size=nbad, replace=False)
+        data.flat[idx] = np.nan
+        dq.flat[idx] |= dqflags.pixel["DO_NOT_USE"] | dqflags.pixel["HOT"]
+        # a few flagged but finite pixels (reference pixels, saturated)
+        idx2 = rng.choice(npix, size=nbad, replace=False)
+        dq.flat[idx2] |= dqflags.pixel["SATURATED"]
+    var = np.full(spec.shape, max(spec.noise, 1e-4) ** 2, dtype=np.float32)
+    return wcs, data.astype(np.float32), dq, var, exposure_sky
+
+
+def _bilinear(coarse, gx, gy, nx, ny):
+    """Bilinear interpolation of ``coarse`` (on grid gx, gy) to full size."""
+    xi = np.interp(np.arange(nx), gx, np.arange(gx.size))
+    yi = np.interp(np.arange(ny), gy, np.arange(gy.size))
+    x0 = np.minimum(np.floor(xi).astype(int), gx.size - 2) if gx.size > 1 else np.zeros(nx, int)
+    y0 = np.minimum(np.floor(yi).astype(int), gy.size - 2) if gy.size > 1 else np.zeros(ny, int)
+    fx = xi - x0
+    fy = (yi - y0)[:, None]
+    c = coarse
+    top = c[y0][:, x0] * (1 - fx) + c[y0][:, np.minimum(x0 + 1, gx.size - 1)] * fx
+    y1 = np.minimum(y0 + 1, gy.size - 1)
+    bot = c[y1][:, x0] * (1 - fx) + c[y1][:, np.minimum(x0 + 1, gx.size - 1)] * fx
+    return top * (1 - fy) + bot * fy
+
+
+def _add_stars(data, xs, ys, fluxes, sigma):
+    ny, nx = data.shape
+    half = int(np.ceil(4 * sigma))
+    off = np.arange(-half, half + 1)
+    for x, y, f in zip(xs, ys, fluxes, strict=True):
+        ix, iy = int(round(x)), int(round(y))
+        cols = ix + off
+        rows = iy + off
+        cm = (cols >= 0) & (cols < nx)
+        rm = (rows >= 0) & (rows < ny)
+        if not cm.any() or not rm.any():
+            continue
+        gx = np.exp(-0.5 * ((cols[cm] - x) / sigma) ** 2)
+        gy = np.exp(-0.5 * ((rows[rm] - y) / sigma) ** 2)
+        stamp = f * np.outer(gy, gx) / (2 * np.pi * sigma**2)
+        data[np.ix_(rows[rm], cols[cm])] += stamp
+
+
+def spec_sky(spec):
+    """Return the sky level of every exposure of ``spec`` (MJy/sr)."""
+    if spec.sky_levels is not None:
+        if len(spec.sky_levels) != spec.n_exposures:
+            raise ValueError(
+                f"sky_levels has {len(spec.sky_levels)} values for {spec.n_exposures} exposures"
+            )
+        return [float(s) for s in spec.sky_levels]
+    rng = np.random.default_rng(spec.seed + 2000)
+    return [float(s) for s in np.round(rng.uniform(0.1, 0.5, spec.n_exposures), 4)]
+
+
+def make_image_model(data, wcs, *, dq=None, var=None, exposure=1, detector="nrca1", filename=None):
+    """Wrap arrays and a WCS into a JWST-like calibrated `ImageModel`.
+
+    Parameters
+    ----------
+    data : ndarray
+        2-D science array (MJy/sr).
+    wcs : gwcs.WCS
+        The image WCS.
+    dq : ndarray, optional
+        Data-quality flags; zeros if omitted.
+    var : ndarray, optional
+        Read-noise variance; a small constant if omitted.
+    exposure : int, optional
+        Exposure number; images with the same number form one sky group.
+    detector : str, optional
+        Detector name.
+    filename : str, optional
+        ``meta.filename``; by default built from exposure and detector.
+
+    Returns
+    -------
+    stdatamodels.jwst.datamodels.ImageModel
+    """
+    from stdatamodels.jwst.datamodels import ImageModel
+
+    data = np.asarray(data, dtype=np.float32)
+    ny, nx = data.shape
+    model = ImageModel(data=data)
+    model.dq = np.zeros(data.shape, np.uint32) if dq is None else np.asarray(dq, np.uint32)
+    var = np.full(data.shape, 1e-4, np.float32) if var is None else np.asarray(var, np.float32)
+    model.var_rnoise = var
+    model.var_poisson = np.zeros_like(var)
+    model.var_flat = np.zeros_like(var)
+    model.err = np.sqrt(var)
+    model.meta.wcs = wcs
+    model.meta.filename = filename or f"jw01234001001_01101_{exposure:05d}_{detector}_cal.fits"
+    model.meta.bunit_data = "MJy/sr"
+    model.meta.bunit_err = "MJy/sr"
+    model.meta.telescope = "JWST"
+    model.meta.instrument.name = "NIRCAM"
+    model.meta.instrument.detector = detector.upper().replace("NRC", "NRC")
+    model.meta.instrument.channel = "SHORT"
+    model.meta.instrument.filter = "F200W"
+    model.meta.instrument.pupil = "CLEAR"
+    model.meta.instrument.module = "A"
+    model.meta.exposure.type = "NRC_IMAGE"
+    model.meta.exposure.exposure_time = 300.0
+    model.meta.exposure.effective_exposure_time = 300.0
+    model.meta.exposure.measurement_time = 300.0
+    model.meta.exposure.duration = 310.0
+    model.meta.exposure.start_time = 60000.0 + exposure * 0.01
+    model.meta.exposure.mid_time = 60000.0 + exposure * 0.01 + 0.0018
+    model.meta.exposure.end_time = 60000.0 + exposure * 0.01 + 0.0036
+    model.meta.exposure.readpatt = "MEDIUM8"
+    model.meta.exposure.nints = 1
+    model.meta.exposure.ngroups = 8
+    model.meta.exposure.nframes = 8
+    model.meta.exposure.groupgap = 2
+    model.meta.exposure.frame_time = 10.7
+    model.meta.exposure.group_time = 107.0
+    model.meta.exposure.integration_time = 300.0
+    model.meta.observation.date = "2023-02-25"
+    model.meta.observation.time = "12:00:00"
+    model.meta.observation.program_number = "01234"
+    model.meta.observation.observation_number = "001"
+    model.meta.observation.visit_number = "001"
+    model.meta.observation.visit_group = "01"
+    model.meta.observation.sequence_id = "1"
+    model.meta.observation.activity_id = "01"
+    model.meta.observation.exposure_number = f"{exposure:05d}"
+    model.meta.target.ra = 53.16
+    model.meta.target.dec = -27.78
+    model.meta.photometry.pixelarea_steradians = (DEFAULT_PIXEL_SCALE / 206264.806) ** 2
+    model.meta.photometry.pixelarea_arcsecsq = DEFAULT_PIXEL_SCALE**2
+    model.meta.photometry.conversion_megajanskys = 1.0
+    model.meta.subarray.name = "FULL"
+    model.meta.subarray.xstart = 1
+    model.meta.subarray.ystart = 1
+    model.meta.subarray.xsize = nx
+    model.meta.subarray.ysize = ny
+    model.meta.cal_step.assign_wcs = "COMPLETE"
+    model.meta.cal_step.flat_field = "COMPLETE"
+    model.meta.cal_step.photom = "COMPLETE"
+    _set_wcsinfo(model, wcs, nx, ny)
+    return model
+
+
+def _set_wcsinfo(model, wcs, nx, ny):
+    """Fill ``meta.wcsinfo`` (reference point, roll, s_region) from ``wcs``."""
+    cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
+    ra0, dec0 = wcs(cx, cy, with_bounding_box=False)
+    # position angle of the y axis from two points along it
+    ra1, dec1 = wcs(cx, cy + 10.0, with_bounding_box=False)
+    pa = np.rad2deg(
+        np.arctan2(
+            (ra1 - ra0) * np.cos(np.deg2rad(dec0)),
+            dec1 - dec0,
+        )
+    )
+    corners_x = np.array([-0.5, nx - 0.5, nx - 0.5, -0.5])
+    corners_y = np.array([-0.5, -0.5, ny - 0.5, ny - 0.5])
+    cra, cdec = wcs(corners_x, corners_y, with_bounding_box=False)
+    w = model.meta.wcsinfo
+    w.ra_ref = float(ra0)
+    w.dec_ref = float(dec0)
+    w.roll_ref = float(pa)
+    w.v2_ref = 0.0
+    w.v3_ref = 0.0
+    w.v3yangle = 0.0
+    w.vparity = -1
+    w.crpix1 = cx + 1.0
+    w.crpix2 = cy + 1.0
+    w.crval1 = float(ra0)
+    w.crval2 = float(dec0)
+    w.cdelt1 = DEFAULT_PIXEL_SCALE / 3600.0
+    w.cdelt2 = DEFAULT_PIXEL_SCALE / 3600.0
+    w.ctype1 = "RA---TAN"
+    w.ctype2 = "DEC--TAN"
+    w.wcsaxes = 2
+    w.s_region = "POLYGON ICRS " + " ".join(
+        f"{r:.9f} {d:.9f}" for r, d in zip(cra, cdec, strict=True)
+    )
+
+
+def simulate_mosaic(spec):
+    """Simulate a mosaic in memory.
+
+    Parameters
+    ----------
+    spec : MosaicSpec
+        What to simulate.
+
+    Returns
+    -------
+    models : list of ImageModel
+        One calibrated image per detector and exposure.
+    truth : MosaicTruth
+        The sky level and exposure of each image (keyed by file name).
+    """
+    tiles = _tile_layout(spec)
+    ny, nx = spec.shape
+    extent = max(
+        max(abs(t.offset[0]) for t in tiles) + nx * spec.pixel_scale,
+        max(abs(t.offset[1]) for t in tiles) + ny * spec.pixel_scale,
+    )
+    scene = _Scene(spec, extent)
+    rng = np.random.default_rng(spec.seed)
+    truth = MosaicTruth()
+    models_out = []
+    for tile in tiles:
+        wcs, data, dq, var, sky = _render(spec, scene, tile, rng)
+        model = make_image_model(
+            data, wcs, dq=dq, var=var, exposure=tile.exposure, detector=tile.detector
+        )
+        truth.sky[model.meta.filename] = sky
+        truth.exposure[model.meta.filename] = tile.exposure
+        models_out.append(model)
+    return models_out, truth
+
+
+def write_mosaic(spec, directory, *, product_name="sim"):
+    """Simulate a mosaic and write its ``_cal.fits`` files and association.
+
+    Parameters
+    ----------
+    spec : MosaicSpec
+        What to simulate.
+    directory : str or pathlib.Path
+        Output directory (created if needed).
+    product_name : str, optional
+        Level-3 product name; the association is ``<product_name>_asn.json``.
+
+    Returns
+    -------
+    MosaicTruth
+        File paths, association path and the true sky of each image.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tiles = _tile_layout(spec)
+    ny, nx = spec.shape
+    extent = max(
+        max(abs(t.offset[0]) for t in tiles) + nx * spec.pixel_scale,
+        max(abs(t.offset[1]) for t in tiles) + ny * spec.pixel_scale,
+    )
+    scene = _Scene(spec, extent)
+    rng = np.random.default_rng(spec.seed)
+    truth = MosaicTruth()
+    # Render and write one image at a time: memory stays at one image.
+    for tile in tiles:
+        wcs, data, dq, var, sky = _render(spec, scene, tile, rng)
+        model = make_image_model(
+            data, wcs, dq=dq, var=var, exposure=tile.exposure, detector=tile.detector
+        )
+        path = directory / model.meta.filename
+        model.save(path)
+        model.close()
+        truth.files.append(path)
+        truth.sky[path.name] = sky
+        truth.exposure[path.name] = tile.exposure
+    truth.asn_path = write_association(
+        truth.files, directory / f"{product_name}_asn.json", product_name=product_name
+    )
+    return truth
+
+
+def write_association(files, path, *, product_name="sim"):
+    """Write a level-3 image association listing ``files`` as science members.
+
+    Parameters
+    ----------
+    files : list of str or pathlib.Path
+        Member files; written by base name (relative to the association).
+    path : str or pathlib.Path
+        Where to write the JSON association.
+    product_name : str, optional
+        Name of the level-3 product.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    path = Path(path)
+    asn = {
+        "asn_type": "image3",
+        "asn_rule": "candidate_Asn_Lv3Image",
+        "version_id": None,
+        "code_version": "skymatch_step.simulate",
+        "degraded_status": "No known degraded exposures in association.",
+        "program": "01234",
+        "constraints": "simulated",
+        "asn_id": "o001",
+        "target": "t001",
+        "asn_pool": "simulated_pool",
+        "products": [
+            {
+                "name": product_name,
+                "members": [{"expname": Path(f).name, "exptype": "science"} for f in files],
+            }
+        ],
+    }
+    path.write_text(json.dumps(asn, indent=2))
+    return path

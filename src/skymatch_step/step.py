@@ -1,0 +1,333 @@
+"""The ``skymatch`` step: sky levels of overlapping images, for stpipe."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+
+import numpy as np
+from astropy.nddata.bitmask import bitfield_to_boolean_mask, interpret_bit_flags
+from jwst.datamodels import ModelContainer, ModelLibrary
+from jwst.stpipe import Step
+from stdatamodels.jwst.datamodels import JwstDataModel
+from stdatamodels.jwst.datamodels.dqflags import pixel as _dq_flags
+
+from ._methods import ImageInput, match
+from ._skylist import read_skylist
+from ._statistics import SkyStatistics
+
+__all__ = ["SkyMatchStep", "SkymatchStep"]
+
+log = logging.getLogger(__name__)
+
+
+class SkymatchStep(Step):
+    """Compute, equalize or subtract the sky background of overlapping images.
+
+    The parameters, their defaults and the results written to each model
+    (``meta.background.method/level/subtracted`` and
+    ``meta.cal_step.skymatch``) are those of ``jwst.skymatch.SkyMatchStep``.
+    This step never reads a CRDS parameter reference file.
+    """
+
+    class_alias = "skymatch"
+
+    spec = """
+        # General sky matching parameters:
+        skymethod = option('local', 'global', 'match', 'global+match', 'user', default='match') # sky computation method
+        match_down = boolean(default=True) # adjust sky to lowest measured value?
+        subtract = boolean(default=False) # subtract computed sky from image data?
+        skylist = string(default=None) # Filename pointing to list of (imagename skyval) pairs
+
+        # Image's bounding polygon parameters:
+        stepsize = integer(default=None) # Max vertex separation
+
+        # Sky statistics parameters:
+        skystat = option('median', 'midpt', 'mean', 'mode', default='mode') # sky statistics
+        dqbits = string(default='~DO_NOT_USE+NON_SCIENCE') # "good" DQ bits
+        lower = float(default=None) # Lower limit of "good" pixel values
+        upper = float(default=None) # Upper limit of "good" pixel values
+        nclip = integer(min=0, default=5) # number of sky clipping iterations
+        lsigma = float(min=0.0, default=4.0) # Lower clipping limit, in sigma
+        usigma = float(min=0.0, default=4.0) # Upper clipping limit, in sigma
+        binwidth = float(min=0.0, default=0.1) # Bin width for 'mode' and 'midpt' `skystat`, in sigma
+
+        # Memory management:
+        in_memory = boolean(default=True) # If False, preserve memory using temporary files
+    """  # noqa: E501
+
+    reference_file_types: list = []
+
+    # -- stpipe integration ------------------------------------------------
+    @classmethod
+    def get_config_from_reference(cls, dataset, disable=None, crds_observatory=None):
+        """Return no parameters: this step has no CRDS parameter reference.
+
+        A class named ``SkymatchStep`` would otherwise look up
+        ``pars-skymatchstep``, which belongs to jwst's step.
+        """
+        log.debug("%s has no CRDS parameter reference file; using defaults.", cls.__name__)
+        return cls._empty_config()
+
+    @classmethod
+    def _get_config_from_parameters(cls, crds_parameters, crds_observatory):
+        return cls._empty_config()
+
+    @staticmethod
+    def get_stpipe_loggers():
+        """Name the loggers whose messages stpipe shows, this package's included.
+
+        Returns
+        -------
+        tuple of str
+        """
+        return ("skymatch_step", *Step.get_stpipe_loggers())
+
+    # -- processing --------------------------------------------------------
+    def process(self, input_models):
+        """Compute the sky of the input images and record or subtract it.
+
+        Parameters
+        ----------
+        input_models : str, Path, list, ModelContainer, ModelLibrary or DataModel
+            An association file, a list of models or files, a container or
+            a library of 2-D images with WCSs.
+
+        Returns
+        -------
+        ModelLibrary
+            The models with ``meta.background`` and
+            ``meta.cal_step.skymatch`` set (and the sky subtracted when
+            ``subtract`` is True). A `ModelLibrary` input is updated in
+            place; other inputs are copied first.
+        """
+        library = self._open_library(input_models)
+        if len(library) == 0:
+            raise ValueError("No images to process: the input is empty.")
+        if self.skymethod == "user":
+            return self._apply_user_sky(library)
+
+        stats = SkyStatistics(
+            skystat=self.skystat,
+            lower=self.lower,
+            upper=self.upper,
+            nclip=self.nclip,
+            lsigma=self.lsigma,
+            usigma=self.usigma,
+            binwidth=self.binwidth,
+        )
+        dqbits = _parse_dqbits(self.dqbits)
+        images, start_levels = self._engine_inputs(library, dqbits)
+        with library:
+            result = match(
+                images,
+                skymethod=self.skymethod,
+                match_down=self.match_down,
+                stats=stats,
+                stepsize=self.stepsize,
+            )
+        self._write_results(library, result, start_levels)
+        return library
+
+    def _open_library(self, input_models):
+        if isinstance(input_models, JwstDataModel):
+            input_models = [input_models]
+        output = self.prepare_output(input_models, open_models=False)
+        if isinstance(output, ModelLibrary):
+            return output
+        on_disk = not self.in_memory
+        if on_disk and isinstance(output, (ModelContainer, list, tuple)):
+            is_models = isinstance(output, ModelContainer) or any(
+                isinstance(m, JwstDataModel) for m in output
+            )
+            if is_models:
+                log.info("in_memory=False has no effect on models already in memory.")
+                on_disk = False
+        if isinstance(output, (list, tuple)) and not output:
+            raise ValueError("No images to process: the input is empty.")
+        return ModelLibrary(output, on_disk=on_disk)
+
+    def _engine_inputs(self, library, dqbits):
+        """Check every model and describe it to the engine (no pixels read).
+
+        Raises before any model is modified if a model has no WCS, is not
+        2-D, or has background metadata inconsistent with ``subtract``.
+        """
+        group_of = {}
+        for label, indices in library.group_indices.items():
+            for index in indices:
+                group_of[index] = label
+        images = []
+        start_levels = []
+        with library:
+            for index in range(len(library)):
+                model = library.borrow(index)
+                try:
+                    name = _model_name(model, index)
+                    shape = _check_model(model, name)
+                    start_levels.append(self._start_level(model, name))
+                    forward, inverse = _wcs_callables(model.meta.wcs)
+                finally:
+                    library.shelve(model, index, modify=False)
+                images.append(
+                    ImageInput(
+                        id=name,
+                        shape=shape,
+                        forward=forward,
+                        inverse=inverse,
+                        pixels=_library_pixels(library, index, dqbits),
+                        group=group_of[index],
+                    )
+                )
+        return images, start_levels
+
+    def _start_level(self, model, name):
+        """Sky level already subtracted from ``model`` (jwst's re-run rules)."""
+        bkg = model.meta.background
+        if bkg.subtracted is None:
+            if bkg.level is not None:
+                raise ValueError(
+                    f"Image {name!r}: meta.background.level is set but "
+                    "meta.background.subtracted is undefined."
+                )
+            return 0.0
+        if bkg.level is None:
+            raise ValueError(
+                f"Image {name!r}: meta.background.subtracted is set but "
+                "meta.background.level is undefined."
+            )
+        if bool(bkg.subtracted) != bool(self.subtract):
+            raise ValueError(
+                f"'subtract' ({self.subtract}) is inconsistent with the background "
+                f"already recorded in image {name!r} "
+                f"(meta.background.subtracted={bkg.subtracted})."
+            )
+        return float(bkg.level) if self.subtract else 0.0
+
+    def _write_results(self, library, result, start_levels):
+        with library:
+            for index in range(len(library)):
+                model = library.borrow(index)
+                if result.valid[index]:
+                    level = start_levels[index]
+                    for term in result.terms[index]:
+                        level += term
+                        if self.subtract:
+                            model.data -= term
+                    model.meta.background.method = str(self.skymethod)
+                    model.meta.background.level = float(level)
+                    model.meta.background.subtracted = bool(self.subtract)
+                    model.meta.cal_step.skymatch = "COMPLETE"
+                else:
+                    model.meta.cal_step.skymatch = "SKIPPED"
+                library.shelve(model, index)
+
+    def _apply_user_sky(self, library):
+        if not self.skylist:
+            raise ValueError("skymethod='user' needs a sky value file: set 'skylist'.")
+        log.info("Setting the sky of each image to the values in %s.", self.skylist)
+        with library:
+            names = []
+            for index in range(len(library)):
+                model = library.borrow(index)
+                names.append(_model_name(model, index))
+                library.shelve(model, index, modify=False)
+        values = read_skylist(self.skylist, names)
+        with library:
+            for index, level in enumerate(values):
+                model = library.borrow(index)
+                model.meta.background.level = level
+                model.meta.background.subtracted = bool(self.subtract)
+                model.meta.background.method = "user"
+                if self.subtract:
+                    model.data -= level
+                model.meta.cal_step.skymatch = "COMPLETE"
+                library.shelve(model, index)
+        return library
+
+
+#: jwst's name for the step class, for scripts that switch imports.
+SkyMatchStep = SkymatchStep
+
+
+def _model_name(model, index):
+    return model.meta.filename or f"model #{index}"
+
+
+def _check_model(model, name):
+    data = model.data
+    if data is None or np.ndim(data) != 2:
+        raise ValueError(f"Image {name!r}: data must be a 2-D image, got shape {np.shape(data)}.")
+    if getattr(model.meta, "wcs", None) is None:
+        raise ValueError(f"Image {name!r} has no WCS (meta.wcs); run assign_wcs on it first.")
+    return tuple(int(n) for n in data.shape)
+
+
+def _parse_dqbits(dqbits):
+    """DQ flags to ignore as an integer (None: use every finite pixel)."""
+    try:
+        return interpret_bit_flags(dqbits, flag_name_map=_dq_flags)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(
+            f"Cannot interpret dqbits={dqbits!r}: {err}. Use an integer, flag names such as "
+            "'~DO_NOT_USE+NON_SCIENCE', or None."
+        ) from err
+
+
+def _good_pixels(model, dqbits):
+    finite = np.isfinite(model.data)
+    if dqbits is None:
+        return finite
+    return bitfield_to_boolean_mask(model.dq, dqbits, good_mask_value=True, dtype=bool) & finite
+
+
+_LEDGER_LOCK = threading.Lock()
+
+
+def _library_pixels(library, index, dqbits):
+    """Context manager factory that borrows one model's pixels.
+
+    The library must be open while the returned context is entered.
+    """
+
+    @contextlib.contextmanager
+    def pixels():
+        with _LEDGER_LOCK:
+            model = library.borrow(index)
+        try:
+            yield model.data, _good_pixels(model, dqbits)
+        finally:
+            with _LEDGER_LOCK:
+                library.shelve(model, index, modify=False)
+
+    return pixels
+
+
+def _wcs_callables(wcs):
+    """Forward and inverse transforms of a gwcs, prepared once per image.
+
+    ``gwcs.WCS.invert`` composes the backward transform on every call;
+    taking it once gives the same numbers at a fraction of the cost.
+    """
+    forward_tr = wcs.forward_transform
+
+    def forward(x, y):
+        return forward_tr(x, y, with_bounding_box=False)
+
+    try:
+        backward_tr = wcs.backward_transform
+    except NotImplementedError:
+        backward_tr = None
+
+    if backward_tr is None:
+
+        def inverse(ra, dec):
+            return wcs.invert(ra, dec, with_bounding_box=False)
+
+    else:
+
+        def inverse(ra, dec):
+            return backward_tr(ra, dec, with_bounding_box=False)
+
+    return forward, inverse
