@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import ClassVar
 
 from jwst.pipeline import Image3Pipeline
+from stpipe.step import get_disable_crds_steppars
 
 from .step import SkymatchStep
 
@@ -26,7 +28,7 @@ class SkymatchImage3Pipeline(Image3Pipeline):
     pipeline runs offline with default parameters.
     """
 
-    step_defs = {**Image3Pipeline.step_defs, "skymatch": SkymatchStep}
+    step_defs: ClassVar[dict] = {**Image3Pipeline.step_defs, "skymatch": SkymatchStep}
 
     @classmethod
     def get_config_from_reference(cls, dataset, disable=None, crds_observatory=None):
@@ -37,7 +39,7 @@ class SkymatchImage3Pipeline(Image3Pipeline):
         dataset : DataModel, ModelLibrary, str or dict
             Input used to select the parameter reference files.
         disable : bool or None, optional
-            Skip CRDS; `None` follows ``STPIPE_DISABLE_CRDS_STEPPARS``.
+            Skip CRDS; otherwise ``STPIPE_DISABLE_CRDS_STEPPARS`` decides.
         crds_observatory : str or None, optional
             Observatory name, when ``dataset`` is a dict.
 
@@ -45,9 +47,7 @@ class SkymatchImage3Pipeline(Image3Pipeline):
         -------
         configobj.ConfigObj
         """
-        if disable is None and not (
-            os.environ.get("CRDS_SERVER_URL") or os.environ.get("CRDS_PATH")
-        ):
+        if not get_disable_crds_steppars(disable) and not _crds_configured():
             log.info("CRDS is not configured: running %s with default parameters.", cls.__name__)
             return cls._empty_config()
         return super().get_config_from_reference(
@@ -63,3 +63,8 @@ class SkymatchImage3Pipeline(Image3Pipeline):
         tuple of str
         """
         return ("skymatch_step", *Image3Pipeline.get_stpipe_loggers())
+
+
+def _crds_configured():
+    """Whether the user has pointed CRDS at a server or a local cache."""
+    return bool(os.environ.get("CRDS_SERVER_URL") or os.environ.get("CRDS_PATH"))
