@@ -89,9 +89,14 @@ class ImageInput:
         data = np.asarray(data)
         if data.ndim != 2:
             raise ValueError(f"image {id!r}: data must be 2-D, got {data.ndim} dimensions")
-        good = np.isfinite(data) if mask is None else (np.asarray(mask, bool) & np.isfinite(data))
-        if good.shape != data.shape:
-            raise ValueError(f"image {id!r}: mask shape {good.shape} != data shape {data.shape}")
+        good = np.isfinite(data)
+        if mask is not None:
+            mask = np.asarray(mask, bool)
+            if mask.shape != data.shape:
+                raise ValueError(
+                    f"image {id!r}: mask shape {mask.shape} != data shape {data.shape}"
+                )
+            good &= mask
 
         @contextlib.contextmanager
         def pixels():

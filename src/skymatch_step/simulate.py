@@ -146,12 +146,16 @@ class MosaicTruth:
         Sky level added to each image, keyed by file name.
     exposure : dict
         Exposure number of each image, keyed by file name.
+    scene : object or None
+        The simulated sky without the exposure sky levels: its
+        ``diffuse(ra, dec)`` method gives the diffuse emission (MJy/sr).
     """
 
     files: list[Path] = field(default_factory=list)
     asn_path: Path | None = None
     sky: dict[str, float] = field(default_factory=dict)
     exposure: dict[str, int] = field(default_factory=dict)
+    scene: object = None
 
 
 def make_gwcs(shape, ra, dec, rotation, *, pixel_scale=DEFAULT_PIXEL_SCALE, distortion=0.0):
@@ -304,7 +308,12 @@ class _Scene:
         self.star_xy = rng.uniform(-extent, extent, size=(spec.n_stars, 2))
         self.star_flux = spec.diffuse * 30.0 * rng.pareto(1.5, size=spec.n_stars)
 
-    def diffuse(self, east, north):
+    def diffuse(self, ra, dec):
+        """Diffuse emission (MJy/sr) at sky positions in degrees."""
+        east, north = _sky_to_tangent(self.spec.center, ra, dec)
+        return self.diffuse_tangent(east, north)
+
+    def diffuse_tangent(self, east, north):
         out = np.zeros(np.shape(east))
         for (bx, by), s, a in zip(self.blob_xy, self.blob_sigma, self.blob_amp, strict=True):
             out += a * np.exp(-0.5 * ((east - bx) ** 2 + (north - by) ** 2) / s**2)
@@ -332,8 +341,7 @@ def _render(spec, scene, tile, rng):
     gy = np.unique(np.r_[np.arange(0, ny, step), ny - 1])
     gxx, gyy = np.meshgrid(gx, gy)
     ra, dec = wcs(gxx, gyy, with_bounding_box=False)
-    east, north = _sky_to_tangent(spec.center, ra, dec)
-    coarse = scene.diffuse(east, north)
+    coarse = scene.diffuse(ra, dec)
     data = _bilinear(coarse, gx, gy, nx, ny)
 
     # Stars: project the global catalogue into the tile.
@@ -535,6 +543,16 @@ def _set_wcsinfo(model, wcs, nx, ny):
     )
 
 
+def _tiles_and_scene(spec):
+    tiles = _tile_layout(spec)
+    ny, nx = spec.shape
+    extent = max(
+        max(abs(t.offset[0]) for t in tiles) + nx * spec.pixel_scale,
+        max(abs(t.offset[1]) for t in tiles) + ny * spec.pixel_scale,
+    )
+    return tiles, _Scene(spec, extent)
+
+
 def simulate_mosaic(spec):
     """Simulate a mosaic in memory.
 
@@ -550,15 +568,9 @@ def simulate_mosaic(spec):
     truth : MosaicTruth
         The sky level and exposure of each image (keyed by file name).
     """
-    tiles = _tile_layout(spec)
-    ny, nx = spec.shape
-    extent = max(
-        max(abs(t.offset[0]) for t in tiles) + nx * spec.pixel_scale,
-        max(abs(t.offset[1]) for t in tiles) + ny * spec.pixel_scale,
-    )
-    scene = _Scene(spec, extent)
+    tiles, scene = _tiles_and_scene(spec)
     rng = np.random.default_rng(spec.seed)
-    truth = MosaicTruth()
+    truth = MosaicTruth(scene=scene)
     models_out = []
     for tile in tiles:
         wcs, data, dq, var, sky = _render(spec, scene, tile, rng)
@@ -590,15 +602,9 @@ def write_mosaic(spec, directory, *, product_name="sim"):
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tiles = _tile_layout(spec)
-    ny, nx = spec.shape
-    extent = max(
-        max(abs(t.offset[0]) for t in tiles) + nx * spec.pixel_scale,
-        max(abs(t.offset[1]) for t in tiles) + ny * spec.pixel_scale,
-    )
-    scene = _Scene(spec, extent)
+    tiles, scene = _tiles_and_scene(spec)
     rng = np.random.default_rng(spec.seed)
-    truth = MosaicTruth()
+    truth = MosaicTruth(scene=scene)
     # Render and write one image at a time: memory stays at one image.
     for tile in tiles:
         wcs, data, dq, var, sky = _render(spec, scene, tile, rng)

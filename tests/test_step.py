@@ -1,0 +1,289 @@
+"""SkymatchStep: results in the models, inputs, re-runs, user sky, bad input."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from conftest import (
+    TABLE1,
+    TABLE2,
+    constant_model,
+    library_results,
+)
+from stdatamodels.jwst import datamodels
+
+from jwst.datamodels import ModelContainer, ModelLibrary
+from skymatch_step import SkyMatchStep, SkymatchStep
+from skymatch_step.simulate import write_association
+
+METHODS = ["local", "global", "match", "global+match"]
+
+
+def _levels(library):
+    return [r[1] for r in library_results(library)]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_documentation_table1_through_step(method, table1_models):
+    result = SkymatchStep.call(table1_models, skymethod=method)
+    np.testing.assert_allclose(_levels(result), TABLE1[method], atol=1e-9)
+    for _, _, subtracted, meth, status, _ in library_results(result):
+        assert (subtracted, meth, status) == (False, method, "COMPLETE")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_documentation_table2_from_asn_on_disk(method, table2_models, tmp_path):
+    paths = []
+    for model in table2_models:
+        path = tmp_path / model.meta.filename
+        model.save(path)
+        paths.append(path)
+    asn = write_association(paths, tmp_path / "table2_asn.json")
+    result = SkymatchStep.call(str(asn), skymethod=method)
+    np.testing.assert_allclose(_levels(result), TABLE2[method], atol=1e-9)
+
+
+def test_jwst_name_is_exported():
+    assert SkyMatchStep is SkymatchStep
+    assert SkymatchStep.class_alias == "skymatch"
+
+
+def test_spec_matches_jwst():
+    from jwst.skymatch import SkyMatchStep as JwstStep
+
+    ours = SkymatchStep.load_spec_file()
+    theirs = JwstStep.load_spec_file()
+    assert dict(ours) == dict(theirs)
+
+
+def test_input_models_are_not_modified(table1_models):
+    before = [m.data.copy() for m in table1_models]
+    result = SkymatchStep.call(table1_models, skymethod="local", subtract=True)
+    for model, data in zip(table1_models, before, strict=True):
+        np.testing.assert_array_equal(model.data, data)
+        assert model.meta.background.level is None
+        assert model.meta.cal_step.skymatch is None
+    rows = library_results(result)
+    assert all(r[2] is True for r in rows)
+    np.testing.assert_allclose([r[5].mean() for r in rows], 0.0, atol=1e-5)
+
+
+def test_container_input_is_not_modified(table1_models):
+    container = ModelContainer(table1_models)
+    SkymatchStep.call(container, skymethod="local", subtract=True)
+    assert all(m.meta.background.level is None for m in container)
+
+
+def test_library_input_is_updated_in_place(table1_models):
+    library = ModelLibrary(table1_models)
+    result = SkymatchStep.call(library, skymethod="local")
+    assert result is library
+    np.testing.assert_allclose(_levels(library), TABLE1["local"])
+
+
+def test_single_model_input(table1_models):
+    result = SkymatchStep.call(table1_models[0], skymethod="local")
+    assert _levels(result) == [100.0]
+
+
+def test_metadata_round_trip_through_fits(table1_models, tmp_path):
+    result = SkymatchStep.call(table1_models, skymethod="global+match")
+    with result:
+        model = result.borrow(2)
+        model.save(tmp_path / "out.fits")
+        result.shelve(model, 2, modify=False)
+    with datamodels.open(tmp_path / "out.fits") as reread:
+        assert reread.meta.background.method == "global+match"
+        assert reread.meta.background.level == pytest.approx(105.0)
+        assert reread.meta.background.subtracted is False
+        assert reread.meta.cal_step.skymatch == "COMPLETE"
+    from astropy.io import fits
+
+    header = fits.getheader(tmp_path / "out.fits")
+    assert header["BKGMETH"] == "global+match"
+    assert header["BKGLEVEL"] == pytest.approx(105.0)
+    assert header["BKGSUB"] is False
+
+
+def test_on_disk_library(mosaic_on_disk):
+    result = SkymatchStep.call(str(mosaic_on_disk.asn_path), in_memory=False)
+    rows = library_results(result)
+    assert len(rows) == 8
+    assert all(r[4] == "COMPLETE" for r in rows)
+    # the input files are untouched
+    for path in mosaic_on_disk.files:
+        with datamodels.open(path) as model:
+            assert model.meta.background.level is None
+
+
+def test_rerun_accumulates_subtracted_sky(table1_models):
+    first = SkymatchStep.call(table1_models, skymethod="local", subtract=True)
+    second = SkymatchStep.call(first, skymethod="local", subtract=True)
+    rows = library_results(second)
+    np.testing.assert_allclose([r[1] for r in rows], TABLE1["local"], atol=1e-5)
+    np.testing.assert_allclose([r[5].mean() for r in rows], 0.0, atol=1e-5)
+
+
+def test_rerun_with_inconsistent_subtract_names_the_file(table1_models):
+    first = SkymatchStep.call(table1_models, skymethod="local", subtract=False)
+    with pytest.raises(ValueError, match=r"inconsistent.*img001_cal.fits"):
+        SkymatchStep.call(first, skymethod="local", subtract=True)
+
+
+def test_level_without_subtracted_flag_is_an_error(table1_models):
+    table1_models[3].meta.background.level = 2.0
+    with pytest.raises(ValueError, match="img004_cal.fits.*subtracted is undefined"):
+        SkymatchStep.call(table1_models, skymethod="local")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_all_nan_image_is_skipped(method, table1_models, caplog):
+    table1_models[4].data[...] = np.nan
+    with caplog.at_level(logging.WARNING, logger="skymatch_step"):
+        result = SkymatchStep.call(table1_models, skymethod=method)
+    rows = library_results(result)
+    assert rows[4][4] == "SKIPPED"
+    assert rows[4][1] is None
+    assert all(r[4] == "COMPLETE" for k, r in enumerate(rows) if k != 4)
+    assert "img005_cal.fits" in caplog.text
+
+
+def test_all_flagged_image_is_skipped(table1_models, caplog):
+    table1_models[0].dq[...] = 1  # DO_NOT_USE
+    with caplog.at_level(logging.WARNING, logger="skymatch_step"):
+        result = SkymatchStep.call(table1_models, skymethod="global")
+    rows = library_results(result)
+    assert rows[0][4] == "SKIPPED"
+    assert "img001_cal.fits" in caplog.text
+    # dqbits=None ignores the DQ array: the image is measured again
+    rows = library_results(SkymatchStep.call(table1_models, skymethod="global", dqbits=None))
+    assert rows[0][4] == "COMPLETE"
+
+
+def test_runs_offline_without_crds_variables(table1_models, monkeypatch):
+    monkeypatch.delenv("STPIPE_DISABLE_CRDS_STEPPARS", raising=False)
+    monkeypatch.delenv("CRDS_SERVER_URL", raising=False)
+    config = SkymatchStep.get_config_from_reference(table1_models[0])
+    assert dict(config) == {}
+    result = SkymatchStep.call(table1_models, skymethod="match")
+    np.testing.assert_allclose(_levels(result), TABLE1["match"], atol=1e-9)
+
+
+def test_jwst_parameter_file_runs_unchanged(table1_models, tmp_path):
+    from jwst.skymatch import SkyMatchStep as JwstStep
+
+    pars = tmp_path / "pars-skymatchstep.asdf"
+    JwstStep(skymethod="local", skystat="median").export_config(pars)
+    result = SkymatchStep.call(table1_models, config_file=str(pars))
+    assert [r[3] for r in library_results(result)] == ["local"] * 6
+
+
+# -- user sky values -------------------------------------------------------
+
+
+def _skylist(tmp_path, lines):
+    path = tmp_path / "sky.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_user_sky(table1_models, tmp_path):
+    lines = [f"img{k:03d}_cal.fits {0.5 * k}" for k in range(1, 7)]
+    # file names with another pipeline suffix match by stem
+    lines[2] = "img003_skymatch.fits 1.5"
+    skylist = _skylist(tmp_path, ["# name value", *lines])
+    result = SkymatchStep.call(table1_models, skymethod="user", skylist=skylist, subtract=True)
+    rows = library_results(result)
+    assert [r[1] for r in rows] == [0.5 * k for k in range(1, 7)]
+    assert all(r[3] == "user" and r[2] is True for r in rows)
+    np.testing.assert_allclose(rows[0][5], 100.0 - 0.5)
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (["img001_cal.fits 1"], r"no sky value for: img002_cal.fits"),
+        (
+            [f"img{k:03d}_cal.fits 1" for k in range(1, 7)] + ["img001_cal.fits 2"],
+            "'img001' is listed more than once",
+        ),
+        (
+            [f"img{k:03d}_cal.fits 1" for k in range(1, 8)],
+            "lists images that are not in the input: img007",
+        ),
+        (
+            ["img001_cal.fits one", *[f"img{k:03d}_cal.fits 1" for k in range(2, 7)]],
+            "sky value 'one' for 'img001_cal.fits' is not a number",
+        ),
+        (["img001_cal.fits 1 2"], "line 1: expected 2 columns"),
+    ],
+)
+def test_bad_skylist_is_rejected_before_any_change(table1_models, tmp_path, lines, message):
+    library = ModelLibrary(table1_models)
+    with pytest.raises(ValueError, match=message):
+        SkymatchStep.call(library, skymethod="user", skylist=_skylist(tmp_path, lines))
+    assert all(m.meta.background.level is None for m in table1_models)
+
+
+def test_missing_skylist(table1_models, tmp_path):
+    with pytest.raises(ValueError, match="Cannot read skylist .*nope.txt"):
+        SkymatchStep.call(table1_models, skymethod="user", skylist=str(tmp_path / "nope.txt"))
+    with pytest.raises(ValueError, match="needs a sky value file: set 'skylist'"):
+        SkymatchStep.call(table1_models, skymethod="user")
+
+
+# -- bad input -------------------------------------------------------------
+
+
+def test_model_without_wcs(table1_models):
+    table1_models[2].meta.wcs = None
+    with pytest.raises(ValueError, match="img003_cal.fits' has no WCS"):
+        SkymatchStep.call(table1_models)
+
+
+def test_data_not_2d():
+    from stdatamodels.jwst.datamodels import CubeModel
+
+    cube = CubeModel((2, 10, 10))
+    cube.meta.filename = "cube_cal.fits"
+    with pytest.raises(ValueError, match=r"cube_cal.fits': data must be a 2-D image, got shape"):
+        SkymatchStep.call([cube])
+
+
+def test_empty_input():
+    with pytest.raises(ValueError, match="No images to process: the input is empty"):
+        SkymatchStep.call([])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"skymethod": "best"}, "skymethod"),
+        ({"skystat": "average"}, "skystat"),
+    ],
+)
+def test_unknown_options(table1_models, kwargs, message):
+    from stpipe.config_parser import ValidationError
+
+    with pytest.raises(ValidationError, match=message):
+        SkymatchStep.call(table1_models, **kwargs)
+
+
+def test_unparseable_dqbits(table1_models):
+    with pytest.raises(ValueError, match=r"Cannot interpret dqbits='~NOT_A_FLAG'"):
+        SkymatchStep.call(table1_models, dqbits="~NOT_A_FLAG")
+
+
+def test_integer_dqbits(table1_models):
+    table1_models[0].dq[:, :] = 4  # JUMP_DET, harmless when allowed
+    rows = library_results(SkymatchStep.call(table1_models, skymethod="local", dqbits="4"))
+    assert rows[0][4] == "COMPLETE"
+    rows = library_results(SkymatchStep.call(table1_models, skymethod="local", dqbits="0"))
+    assert rows[0][4] == "SKIPPED"
+
+
+def test_constant_model_helper():
+    model = constant_model(3.0, (0, 0))
+    assert model.data.shape == (40, 40)
