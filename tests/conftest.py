@@ -25,8 +25,9 @@ def scale_shift_wcs(shift_x, shift_y, *, scale=1.0e-4, ra0=10.0, dec0=0.0):
         | models.RotateNative2Celestial(ra0, dec0, 180.0)
     )
     detector = coordinate_frames.Frame2D(name="detector", axes_order=(0, 1), unit=(u.pix, u.pix))
-    world = coordinate_frames.CelestialFrame(reference_frame=ICRS(), name="world",
-                                             unit=(u.deg, u.deg))
+    world = coordinate_frames.CelestialFrame(
+        reference_frame=ICRS(), name="world", unit=(u.deg, u.deg)
+    )
     return WCS([(detector, forward), (world, None)])
 
 
@@ -34,8 +35,9 @@ def constant_model(level, shift, *, shape=(40, 40), exposure=1, name=None):
     """An ImageModel holding nothing but a constant sky."""
     data = np.full(shape, level, dtype=np.float32)
     wcs = scale_shift_wcs(*shift)
-    return make_image_model(data, wcs, exposure=exposure,
-                            filename=name or f"img{exposure:03d}_cal.fits")
+    return make_image_model(
+        data, wcs, exposure=exposure, filename=name or f"img{exposure:03d}_cal.fits"
+    )
 
 
 #: Documentation example 1: a 2 x 3 mosaic, every image overlapping its
@@ -64,14 +66,16 @@ TABLE2 = {
 @pytest.fixture
 def table1_models():
     return [
-        constant_model(s, p, exposure=k + 1) for k, (s, p) in enumerate(zip(TABLE1_SKY, TABLE1_POS))
+        constant_model(s, p, exposure=k + 1)
+        for k, (s, p) in enumerate(zip(TABLE1_SKY, TABLE1_POS, strict=True))
     ]
 
 
 @pytest.fixture
 def table2_models():
     return [
-        constant_model(s, p, exposure=k + 1) for k, (s, p) in enumerate(zip(TABLE2_SKY, TABLE2_POS))
+        constant_model(s, p, exposure=k + 1)
+        for k, (s, p) in enumerate(zip(TABLE2_SKY, TABLE2_POS, strict=True))
     ]
 
 

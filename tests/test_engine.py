@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 import pytest
+
 from conftest import (
     TABLE1,
     TABLE1_POS,
@@ -15,7 +16,6 @@ from conftest import (
     TABLE2_SKY,
     scale_shift_wcs,
 )
-
 from skymatch_step import ImageInput, SkyStatistics, match
 from skymatch_step._solver import connected_sets, solve_offsets
 

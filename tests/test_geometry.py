@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import scale_shift_wcs
 
+from conftest import scale_shift_wcs
 from skymatch_step._footprints import bounding_cap, image_footprint
 from skymatch_step._overlaps import candidate_pairs
 from skymatch_step.exceptions import GeometryError
@@ -32,7 +32,7 @@ def test_footprint_rejects_bad_wcs():
     def broken(x, y):
         return np.full_like(x, np.nan), np.zeros_like(y)
 
-    with pytest.raises(GeometryError, match="image 'bad'.*non-finite"):
+    with pytest.raises(GeometryError, match=r"image 'bad'.*non-finite"):
         image_footprint((10, 10), broken, name="bad")
 
 

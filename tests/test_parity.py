@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import library_results
 
+from conftest import library_results
 from skymatch_step import SkymatchStep
 
 ATOL_REL = 1e-6
@@ -56,8 +56,9 @@ def test_levels_and_pixels_match_jwst(method, subtract, skystat, mosaic, request
 def test_other_statistics_match_jwst(skystat, method, grouped_mosaic, jwst_oracle):
     models, _ = grouped_mosaic
     kwargs = {"skymethod": method, "skystat": skystat}
-    _compare(SkymatchStep.call(models, **kwargs), jwst_oracle.call(models, **kwargs),
-             exact_pixels=True)
+    _compare(
+        SkymatchStep.call(models, **kwargs), jwst_oracle.call(models, **kwargs), exact_pixels=True
+    )
 
 
 def test_clipping_limits_and_stepsize_match_jwst(small_mosaic, jwst_oracle):
@@ -73,8 +74,9 @@ def test_clipping_limits_and_stepsize_match_jwst(small_mosaic, jwst_oracle):
         "stepsize": 50,
         "dqbits": "0",
     }
-    _compare(SkymatchStep.call(models, **kwargs), jwst_oracle.call(models, **kwargs),
-             exact_pixels=True)
+    _compare(
+        SkymatchStep.call(models, **kwargs), jwst_oracle.call(models, **kwargs), exact_pixels=True
+    )
 
 
 def test_asn_on_disk_matches_jwst(mosaic_on_disk, jwst_oracle):

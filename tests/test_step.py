@@ -6,15 +6,15 @@ import logging
 
 import numpy as np
 import pytest
+from jwst.datamodels import ModelContainer, ModelLibrary
+from stdatamodels.jwst import datamodels
+
 from conftest import (
     TABLE1,
     TABLE2,
     constant_model,
     library_results,
 )
-from stdatamodels.jwst import datamodels
-
-from jwst.datamodels import ModelContainer, ModelLibrary
 from skymatch_step import SkyMatchStep, SkymatchStep
 from skymatch_step.simulate import write_association
 
@@ -134,7 +134,7 @@ def test_rerun_with_inconsistent_subtract_names_the_file(table1_models):
 
 def test_level_without_subtracted_flag_is_an_error(table1_models):
     table1_models[3].meta.background.level = 2.0
-    with pytest.raises(ValueError, match="img004_cal.fits.*subtracted is undefined"):
+    with pytest.raises(ValueError, match=r"img004_cal\.fits.*subtracted is undefined"):
         SkymatchStep.call(table1_models, skymethod="local")
 
 
@@ -228,7 +228,7 @@ def test_bad_skylist_is_rejected_before_any_change(table1_models, tmp_path, line
 
 
 def test_missing_skylist(table1_models, tmp_path):
-    with pytest.raises(ValueError, match="Cannot read skylist .*nope.txt"):
+    with pytest.raises(ValueError, match=r"Cannot read skylist .*nope\.txt"):
         SkymatchStep.call(table1_models, skymethod="user", skylist=str(tmp_path / "nope.txt"))
     with pytest.raises(ValueError, match="needs a sky value file: set 'skylist'"):
         SkymatchStep.call(table1_models, skymethod="user")
@@ -239,7 +239,7 @@ def test_missing_skylist(table1_models, tmp_path):
 
 def test_model_without_wcs(table1_models):
     table1_models[2].meta.wcs = None
-    with pytest.raises(ValueError, match="img003_cal.fits' has no WCS"):
+    with pytest.raises(ValueError, match=r"img003_cal\.fits' has no WCS"):
         SkymatchStep.call(table1_models)
 
 

@@ -333,7 +333,7 @@ def _run(func, n, workers):
 
 
 def _stat(stats, values):
-    """The statistic of ``values`` or None when it cannot be computed."""
+    """Return the statistic of ``values``, or None when it cannot be computed."""
     if values.size == 0:
         return None
     try:

@@ -218,10 +218,7 @@ def _histogram(x, nbins, dz, vmin):
     if closed:
         edge = np.float32(edge * (np.float32(1.0) - np.finfo(np.float32).eps))
     stop = min(stop, edge)
-    if closed:
-        sel = (x >= start) & (x <= stop)
-    else:
-        sel = (x >= start) & (x < stop)
+    sel = (x >= start) & ((x <= stop) if closed else (x < stop))
     idx = (inv * (x[sel] - start)).astype(np.int64)
     return np.bincount(idx, minlength=nbins)[:nbins].astype(np.uint32)
 

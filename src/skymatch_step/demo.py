@@ -66,7 +66,13 @@ def main(argv=None):
     if not args.verbose:
         # stpipe configures its own log handlers; keep warnings only.
         logging.disable(logging.INFO)
+    try:
+        return _run(args)
+    finally:
+        logging.disable(logging.NOTSET)
 
+
+def _run(args):
     from .simulate import MosaicSpec, write_mosaic
     from .step import SkymatchStep
 
@@ -83,8 +89,10 @@ def main(argv=None):
             f"of {args.size}x{args.size} pixels in {outdir} ..."
         )
         truth = write_mosaic(spec, outdir, product_name="demo")
-        print(f"Running SkymatchStep(skymethod={args.skymethod!r}, skystat={args.skystat!r}) "
-              f"on {truth.asn_path.name} ...")
+        print(
+            f"Running SkymatchStep(skymethod={args.skymethod!r}, skystat={args.skystat!r}) "
+            f"on {truth.asn_path.name} ..."
+        )
         result = SkymatchStep.call(
             str(truth.asn_path), skymethod=args.skymethod, skystat=args.skystat
         )

@@ -357,11 +357,11 @@ def _render(spec, scene, tile, rng):
         data += rng.normal(0.0, spec.noise, size=data.shape)
     dq = np.zeros(spec.shape, dtype=np.uint32)
     npix = nx * ny
-    ncr = int(round(spec.cosmic_ray_fraction * npix))
+    ncr = round(spec.cosmic_ray_fraction * npix)
     if ncr:
         idx = rng.choice(npix, size=ncr, replace=False)
         data.flat[idx] += rng.uniform(5.0, 50.0, size=ncr) * max(spec.diffuse, 0.1)
-    nbad = int(round(spec.bad_fraction * npix))
+    nbad = round(spec.bad_fraction * npix)
     if nbad:
         idx = rng.choice(npix, size=nbad, replace=False)
         data.flat[idx] = np.nan
@@ -393,7 +393,7 @@ def _add_stars(data, xs, ys, fluxes, sigma):
     half = int(np.ceil(4 * sigma))
     off = np.arange(-half, half + 1)
     for x, y, f in zip(xs, ys, fluxes, strict=True):
-        ix, iy = int(round(x)), int(round(y))
+        ix, iy = round(float(x)), round(float(y))
         cols = ix + off
         rows = iy + off
         cm = (cols >= 0) & (cols < nx)

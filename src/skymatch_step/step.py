@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from typing import ClassVar
 
 import numpy as np
 from astropy.nddata.bitmask import bitfield_to_boolean_mask, interpret_bit_flags
@@ -57,7 +58,7 @@ class SkymatchStep(Step):
         in_memory = boolean(default=True) # If False, preserve memory using temporary files
     """  # noqa: E501
 
-    reference_file_types: list = []
+    reference_file_types: ClassVar[list] = []
 
     # -- stpipe integration ------------------------------------------------
     @classmethod
