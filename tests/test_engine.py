@@ -81,6 +81,17 @@ def test_groups_share_one_level():
     assert lv[2] > 5.0
 
 
+def test_group_footprint_is_the_union():
+    pos = [(0, 0), (30, 0), (0, 30), (30, 30)]
+    result = match(_inputs([1.0] * 4, pos, groups=["a", "a", "b", "b"]), skymethod="local")
+    one = abs(result.footprints[0].area())
+    union = abs(result.group_footprint(0).area())
+    # two 40-pixel images offset by 30 pixels: 70 x 40 pixels
+    assert union == pytest.approx(one * 70 / 40, rel=1e-3)
+    with pytest.raises(ValueError, match="no group 5; groups are 0 to 1"):
+        result.group_footprint(5)
+
+
 def test_terms_keep_order_for_global_match():
     result = match(_inputs(TABLE1_SKY, TABLE1_POS), skymethod="global+match")
     offsets = [t[0] for t in result.terms]

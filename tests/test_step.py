@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 from jwst.datamodels import ModelContainer, ModelLibrary
 from stdatamodels.jwst import datamodels
 
-from conftest import (
-    TABLE1,
-    TABLE2,
-    constant_model,
-    library_results,
-)
+from conftest import TABLE1, TABLE2, constant_model, library_results
 from skymatch_step import SkyMatchStep, SkymatchStep
 from skymatch_step.simulate import write_association
 
@@ -25,24 +21,33 @@ def _levels(library):
     return [r[1] for r in library_results(library)]
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_documentation_table1_through_step(method, table1_models):
-    result = SkymatchStep.call(table1_models, skymethod=method)
-    np.testing.assert_allclose(_levels(result), TABLE1[method], atol=1e-9)
-    for _, _, subtracted, meth, status, _ in library_results(result):
-        assert (subtracted, meth, status) == (False, method, "COMPLETE")
+TABLES = {"table1": TABLE1, "table2": TABLE2}
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_documentation_table2_from_asn_on_disk(method, table2_models, tmp_path):
+def _on_disk(models, tmp_path):
     paths = []
-    for model in table2_models:
+    for model in models:
         path = tmp_path / model.meta.filename
         model.save(path)
         paths.append(path)
-    asn = write_association(paths, tmp_path / "table2_asn.json")
-    result = SkymatchStep.call(str(asn), skymethod=method)
-    np.testing.assert_allclose(_levels(result), TABLE2[method], atol=1e-9)
+    return paths
+
+
+@pytest.mark.parametrize("route", ["models", "asn", "paths"])
+@pytest.mark.parametrize("table", ["table1", "table2"])
+@pytest.mark.parametrize("method", METHODS)
+def test_documentation_tables(method, table, route, request, tmp_path):
+    models = request.getfixturevalue(f"{table}_models")
+    if route == "models":
+        data = models
+    elif route == "asn":
+        data = str(write_association(_on_disk(models, tmp_path), tmp_path / "t_asn.json"))
+    else:
+        data = [str(p) for p in _on_disk(models, tmp_path)]
+    result = SkymatchStep.call(data, skymethod=method)
+    np.testing.assert_allclose(_levels(result), TABLES[table][method], atol=1e-9)
+    for _, _, subtracted, meth, status, _ in library_results(result):
+        assert (subtracted, meth, status) == (False, method, "COMPLETE")
 
 
 def test_jwst_name_is_exported():
@@ -287,3 +292,24 @@ def test_integer_dqbits(table1_models):
 def test_constant_model_helper():
     model = constant_model(3.0, (0, 0))
     assert model.data.shape == (40, 40)
+
+
+def test_engine_imports_no_datamodels_or_oracles():
+    import re
+
+    import skymatch_step
+
+    src = Path(skymatch_step.__file__).parent
+    imports = re.compile(r"^\s*(?:from|import)\s+([\w.]+)", re.MULTILINE)
+    for path in src.glob("*.py"):
+        names = imports.findall(path.read_text())
+        assert not [n for n in names if n.startswith(("stcal", "stsci"))], path.name
+        if path.stem in (
+            "_methods",
+            "_footprints",
+            "_overlaps",
+            "_raster",
+            "_statistics",
+            "_solver",
+        ):
+            assert not [n for n in names if "datamodels" in n or n.startswith("jwst")], path.name

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._footprints import bounding_cap, image_footprint
+from ._footprints import bounding_cap, image_footprint, union_footprint
 from ._overlaps import candidate_pairs, overlap_regions, region_mask
 from ._solver import connected_sets, solve_offsets
 from ._statistics import SkyStatistics, StatsError
@@ -129,6 +129,8 @@ class SkyResult:
     sets : ndarray of int
         For the matching methods, the connected set of overlapping groups
         each group belongs to; empty otherwise.
+    footprints : list of SphericalPolygon
+        The footprint of each image on the sky.
     """
 
     method: str
@@ -137,6 +139,24 @@ class SkyResult:
     reasons: list[str]
     groups: list[int]
     sets: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    footprints: list = field(default_factory=list)
+
+    def group_footprint(self, group):
+        """Footprint of a sky group: the union of its images' footprints.
+
+        Parameters
+        ----------
+        group : int
+            Group index (see ``groups``).
+
+        Returns
+        -------
+        SphericalPolygon
+        """
+        members = [fp for fp, g in zip(self.footprints, self.groups, strict=True) if g == group]
+        if not members:
+            raise ValueError(f"no group {group!r}; groups are 0 to {max(self.groups)}")
+        return union_footprint(members)
 
     @property
     def levels(self):
@@ -222,13 +242,15 @@ def match(
         f", matching {'down' if match_down else 'up'}" if do_match else "",
     )
 
+    # Footprints are cheap (a few WCS evaluations per image) and stay in
+    # memory; like jwst, every method builds them, so a broken WCS is
+    # reported whatever the method.
+    footprints = [
+        image_footprint(im.shape, im.forward, stepsize, name=names[k])
+        for k, im in enumerate(images)
+    ]
     neighbours = [[] for _ in images]
-    footprints = None
     if do_match:
-        footprints = [
-            image_footprint(im.shape, im.forward, stepsize, name=names[k])
-            for k, im in enumerate(images)
-        ]
         caps = [bounding_cap(fp) for fp in footprints]
         for i, j in candidate_pairs(caps, groups):
             neighbours[i].append(j)
@@ -307,7 +329,13 @@ def match(
     for k in np.flatnonzero(~valid):
         log.warning("Image %s: sky not computed because %s.", names[k], reasons[k])
     return SkyResult(
-        method=skymethod, terms=terms, valid=valid, reasons=reasons, groups=groups, sets=sets
+        method=skymethod,
+        terms=terms,
+        valid=valid,
+        reasons=reasons,
+        groups=groups,
+        sets=sets,
+        footprints=footprints,
     )
 
 
