@@ -171,3 +171,20 @@ def test_solver_minimum_norm_per_set():
     labels = connected_sets(pairs, 5)
     assert labels[0] == labels[1] != labels[2] == labels[3] != labels[4]
     assert np.isnan(solve_offsets([], 3)).all()
+
+
+def test_parallel_workers_are_bit_identical():
+    # enough overlapping pairs that the intersections go to worker processes
+    rng = np.random.default_rng(9)
+    pos = [(30 * (k % 5), 30 * (k // 5)) for k in range(20)]
+    skies = rng.uniform(1.0, 2.0, 20)
+    images = _inputs(skies, pos)
+    for i, im in enumerate(images):
+        noisy = np.full((40, 40), skies[i], np.float32) + rng.normal(0, 0.01, (40, 40)).astype(
+            np.float32
+        )
+        images[i] = ImageInput.from_arrays(noisy, None, im.forward, im.inverse, id=im.id)
+    serial = match(images, skymethod="global+match", workers=1)
+    parallel = match(images, skymethod="global+match", workers=2)
+    assert serial.terms == parallel.terms
+    np.testing.assert_array_equal(serial.levels, parallel.levels)

@@ -56,11 +56,27 @@ def test_jwst_name_is_exported():
 
 
 def test_spec_matches_jwst():
+    # every jwst parameter, with the same type and default; ours adds
+    # maximum_cores only
     from jwst.skymatch import SkyMatchStep as JwstStep
 
-    ours = SkymatchStep.load_spec_file()
-    theirs = JwstStep.load_spec_file()
-    assert dict(ours) == dict(theirs)
+    ours = dict(SkymatchStep.load_spec_file())
+    theirs = dict(JwstStep.load_spec_file())
+    assert set(ours) - set(theirs) == {"maximum_cores"}
+    assert {k: ours[k] for k in theirs} == theirs
+
+
+@pytest.mark.parametrize("value", ["1", "2", "half", "all", "quarter"])
+def test_maximum_cores_gives_identical_levels(value, grouped_mosaic):
+    models, _ = grouped_mosaic
+    serial = _levels(SkymatchStep.call(models, skymethod="global+match", maximum_cores="1"))
+    parallel = _levels(SkymatchStep.call(models, skymethod="global+match", maximum_cores=value))
+    assert parallel == serial
+
+
+def test_bad_maximum_cores(table1_models):
+    with pytest.raises(ValueError, match="maximum_cores='many' is not valid"):
+        SkymatchStep.call(table1_models, maximum_cores="many")
 
 
 def test_input_models_are_not_modified(table1_models):

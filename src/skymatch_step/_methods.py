@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._footprints import bounding_cap, image_footprint, union_footprint
-from ._overlaps import candidate_pairs, overlap_regions, region_mask
+from ._overlaps import candidate_pairs, intersect_pairs, overlap_regions, region_mask
 from ._solver import connected_sets, solve_offsets
 from ._statistics import SkyStatistics, StatsError
 
@@ -250,16 +250,20 @@ def match(
         for k, im in enumerate(images)
     ]
     neighbours = [[] for _ in images]
+    pair_overlaps = {}
     if do_match:
         caps = [bounding_cap(fp) for fp in footprints]
-        for i, j in candidate_pairs(caps, groups):
+        pairs = candidate_pairs(caps, groups)
+        for i, j in pairs:
             neighbours[i].append(j)
             neighbours[j].append(i)
         for nb in neighbours:
             nb.sort()
+        log.info("Intersecting %d candidate pairs of footprints.", len(pairs))
+        pair_overlaps = intersect_pairs(pairs, footprints, names, workers=workers)
 
     def measure(k):
-        return _measure(images[k], k, stats, do_local, footprints, neighbours[k], groups, names)
+        return _measure(images[k], k, stats, do_local, neighbours[k], pair_overlaps, groups, names)
 
     measurements = _run(measure, len(images), workers)
 
@@ -374,12 +378,10 @@ def _stat(stats, values):
     return value, int(npix)
 
 
-def _measure(image, k, stats, do_local, footprints, neighbours, groups, names):
+def _measure(image, k, stats, do_local, neighbours, pair_overlaps, groups, names):
     """Read one image's pixels once and compute all its statistics."""
     result = _Measurement()
-    regions = {}
-    if neighbours:
-        regions = overlap_regions(k, footprints, image.inverse, neighbours, groups, names)
+    regions = overlap_regions(k, neighbours, pair_overlaps, image.inverse, groups)
     with image.pixels() as (data, mask):
         if data.shape != tuple(image.shape):
             raise ValueError(

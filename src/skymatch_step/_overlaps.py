@@ -12,7 +12,14 @@ from spherical_geometry.polygon import MalformedPolygonError
 from ._raster import fill_polygon
 from .exceptions import GeometryError
 
-__all__ = ["OverlapRegion", "candidate_pairs", "overlap_regions", "region_mask"]
+__all__ = [
+    "OverlapRegion",
+    "PairOverlap",
+    "candidate_pairs",
+    "intersect_pairs",
+    "overlap_regions",
+    "region_mask",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,57 +81,152 @@ class OverlapRegion:
     polygons: list = field(default_factory=list)
 
 
-def overlap_regions(index, footprints, inverse, neighbours, groups, names):
-    """Overlap polygons of image ``index`` with each neighbouring group.
+@dataclass
+class PairOverlap:
+    """Intersection of two footprints, as each of the two images uses it.
 
-    The spherical intersection of image ``index``'s footprint with each
-    neighbour's footprint (in that order, as jwst computes it) is mapped
-    into the image with its inverse WCS.
+    ``first`` is what image ``i`` of the pair ``(i, j)`` uses, ``second``
+    what image ``j`` uses: ``(area, pieces)`` with the spherical area (sr)
+    and the closed ``(ra, dec)`` polygons of at least 4 vertices. They are
+    the same object unless an intersection failed (see `intersect_pairs`).
+    """
+
+    first: tuple
+    second: tuple
+    failed: tuple = ()
+
+
+def _intersection(fp_a, fp_b):
+    inter = fp_a.intersection(fp_b)
+    area = abs(inter.area())
+    if area == 0.0:
+        return 0.0, []
+    pieces = [(np.asarray(ra), np.asarray(dec)) for ra, dec in inter.to_radec() if len(ra) >= 4]
+    return area, pieces
+
+
+def _whole(fp):
+    return abs(fp.area()), [(np.asarray(ra), np.asarray(dec)) for ra, dec in fp.to_radec()]
+
+
+def _intersect_pair(fp_i, fp_j):
+    """One spherical intersection serves both images.
+
+    jwst intersects ``i`` with ``j`` for image ``i`` and ``j`` with ``i``
+    for image ``j``; the two polygons select the same pixels (checked in
+    the parity tests), so one is computed. When it fails, jwst's fallback
+    is followed for each image: ``j`` tries its own order, and an image
+    whose intersection fails uses its whole footprint.
+    """
+    try:
+        both = _intersection(fp_i, fp_j)
+    except MalformedPolygonError:
+        pass
+    else:
+        return PairOverlap(both, both)
+    first = _whole(fp_i)
+    try:
+        second = _intersection(fp_j, fp_i)
+        failed = ("i",)
+    except MalformedPolygonError:
+        second = _whole(fp_j)
+        failed = ("i", "j")
+    return PairOverlap(first, second, failed)
+
+
+_WORKER_FOOTPRINTS = None
+
+
+def _init_worker(footprints):
+    global _WORKER_FOOTPRINTS
+    _WORKER_FOOTPRINTS = footprints
+
+
+def _intersect_chunk(pairs):
+    fps = _WORKER_FOOTPRINTS
+    return [_intersect_pair(fps[i], fps[j]) for i, j in pairs]
+
+
+def intersect_pairs(pairs, footprints, names, *, workers=1):
+    """Intersect the footprints of each candidate pair, once per pair.
+
+    Parameters
+    ----------
+    pairs : list of tuple of int
+        Candidate pairs ``(i, j)``.
+    footprints : list of SphericalPolygon
+        Footprints of all images.
+    names : sequence of str
+        Image names, for warnings.
+    workers : int, optional
+        Processes to spread the intersections over (spherical-geometry is
+        pure Python, so threads would not help).
+
+    Returns
+    -------
+    dict
+        ``{(i, j): PairOverlap}``.
+    """
+    if workers > 1 and len(pairs) >= 4 * workers:
+        from concurrent.futures import ProcessPoolExecutor
+
+        size = max(1, len(pairs) // (4 * workers))
+        chunks = [pairs[k : k + size] for k in range(0, len(pairs), size)]
+        with ProcessPoolExecutor(
+            max_workers=workers, initializer=_init_worker, initargs=(footprints,)
+        ) as pool:
+            results = [r for chunk in pool.map(_intersect_chunk, chunks) for r in chunk]
+    else:
+        results = [_intersect_pair(footprints[i], footprints[j]) for i, j in pairs]
+    out = {}
+    for (i, j), result in zip(pairs, results, strict=True):
+        for who in result.failed:
+            own, other = (i, j) if who == "i" else (j, i)
+            # jwst falls back to the whole image; keep its result but say so.
+            log.warning(
+                "Intersection of the footprints of %s and %s failed; using the whole "
+                "footprint of %s as the overlap, as jwst does.",
+                names[own],
+                names[other],
+                names[own],
+            )
+        out[(i, j)] = result
+    return out
+
+
+def overlap_regions(index, neighbours, pair_overlaps, inverse, groups):
+    """Overlap polygons of image ``index`` with each neighbouring group.
 
     Parameters
     ----------
     index : int
         The image.
-    footprints : list of SphericalPolygon
-        Footprints of all images.
-    inverse : callable
-        ``inverse(ra, dec) -> (x, y)`` of image ``index``.
     neighbours : iterable of int
         Images (in other groups) whose caps touch this image's cap.
+    pair_overlaps : dict
+        Result of `intersect_pairs`.
+    inverse : callable
+        ``inverse(ra, dec) -> (x, y)`` of image ``index``.
     groups : sequence of int
         Group label of every image.
-    names : sequence of str
-        Image names, for messages.
 
     Returns
     -------
     dict
-        ``{group label: OverlapRegion}`` for every neighbouring group.
+        ``{group label: OverlapRegion}`` for every neighbouring group, with
+        the polygons in this image's pixel coordinates.
     """
-    own = footprints[index]
     regions = {}
     for j in neighbours:
-        try:
-            inter = own.intersection(footprints[j])
-        except MalformedPolygonError as err:
-            # jwst falls back to the whole image; keep its result but say so.
-            log.warning(
-                "Intersection of the footprints of %s and %s failed (%s); "
-                "using the whole footprint of %s as the overlap, as jwst does.",
-                names[index],
-                names[j],
-                err,
-                names[index],
-            )
-            inter = own.copy()
-        area = abs(inter.area())
+        if index < j:
+            area, pieces = pair_overlaps[(index, j)].first
+        else:
+            area, pieces = pair_overlaps[(j, index)].second
         region = regions.setdefault(groups[j], OverlapRegion())
         if area == 0.0:
             continue
         region.area += area
-        for ra, dec in inter.to_radec():
-            if len(ra) < 4:
-                continue
+        for ra, dec in pieces:
             x, y = inverse(ra, dec)
             region.polygons.append((np.asarray(x, float), np.asarray(y, float)))
     return regions

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from typing import ClassVar
 
@@ -28,8 +29,9 @@ class SkymatchStep(Step):
 
     The parameters, their defaults and the results written to each model
     (``meta.background.method/level/subtracted`` and
-    ``meta.cal_step.skymatch``) are those of ``jwst.skymatch.SkyMatchStep``.
-    This step never reads a CRDS parameter reference file.
+    ``meta.cal_step.skymatch``) are those of ``jwst.skymatch.SkyMatchStep``,
+    plus ``maximum_cores`` for parallel processing (results do not depend
+    on it). This step never reads a CRDS parameter reference file.
     """
 
     class_alias = "skymatch"
@@ -56,6 +58,9 @@ class SkymatchStep(Step):
 
         # Memory management:
         in_memory = boolean(default=True) # If False, preserve memory using temporary files
+
+        # Parallel processing (not in jwst's step):
+        maximum_cores = string(default='all') # cores to use: an integer, 'quarter', 'half' or 'all'
     """  # noqa: E501
 
     reference_file_types: ClassVar[list] = []
@@ -127,6 +132,7 @@ class SkymatchStep(Step):
                 match_down=self.match_down,
                 stats=stats,
                 stepsize=self.stepsize,
+                workers=_n_workers(self.maximum_cores),
             )
         self._write_results(library, result, start_levels)
         return library
@@ -250,6 +256,28 @@ class SkymatchStep(Step):
 
 #: jwst's name for the step class, for scripts that switch imports.
 SkyMatchStep = SkymatchStep
+
+
+def _n_workers(maximum_cores):
+    """Return the number of workers for ``maximum_cores`` (jwst's convention)."""
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        available = os.cpu_count() or 1
+    value = str(maximum_cores).strip().lower()
+    fractions = {"all": 1.0, "half": 0.5, "quarter": 0.25}
+    if value in fractions:
+        return max(1, int(available * fractions[value]))
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(
+            f"maximum_cores={maximum_cores!r} is not valid: use a positive integer, "
+            "'quarter', 'half' or 'all'."
+        )
+    return min(n, available)
 
 
 def _model_name(model, index):
