@@ -1,0 +1,265 @@
+"""Benchmark SkymatchStep against jwst's SkyMatchStep on simulated mosaics.
+
+Each run happens in a fresh subprocess (so peak memory is per run), timed
+around ``Step.call`` only. For every case the script alternates jwst, ours
+and the *floor* (opening every model through ModelLibrary once and taking
+one median per image, the least any ModelLibrary-based step pays) for
+``--repeats`` rounds and reports medians and the ratio jwst/ours.
+
+Examples
+--------
+Full NIRCam-scale run (several GB of simulated files, tens of minutes)::
+
+    python benchmarks/bench_skymatch.py --cases nircam16 grouped nircam64 sparse
+
+Smoke test (seconds; CI runs this, never as a timing assertion)::
+
+    python benchmarks/bench_skymatch.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# name: (n_exposures, detectors per exposure, image size, methods, overlap)
+CASES = {
+    "nircam16": (16, 1, 2048, ("match", "global+match"), 0.15),
+    "grouped": (4, 4, 2048, ("match", "global+match"), 0.15),
+    "nircam64": (64, 1, 2048, ("match", "global+match"), 0.15),
+}
+SPARSE_SIZES = (100, 300, 1000)
+SMOKE = {"smoke": (4, 1, 128, ("match",), 0.15)}
+
+
+def _run_one(which, asn, method, in_memory, cores):
+    """Body of a worker subprocess: time one step call, report peak memory."""
+    import logging
+    import resource
+
+    os.environ["STPIPE_DISABLE_CRDS_STEPPARS"] = "true"  # jwst's step asks CRDS otherwise
+    logging.disable(logging.WARNING)
+    import numpy as np
+    from jwst.datamodels import ModelLibrary
+
+    if which == "jwst":
+        from jwst.skymatch import SkyMatchStep as Step
+
+        kwargs = {}
+    elif which == "ours":
+        from skymatch_step import SkymatchStep as Step
+
+        kwargs = {"maximum_cores": cores}
+    start = time.perf_counter()
+    if which == "floor":
+        library = ModelLibrary(asn, on_disk=not in_memory)
+        with library:
+            for index in range(len(library)):
+                model = library.borrow(index)
+                np.median(model.data)
+                library.shelve(model, index, modify=False)
+    else:
+        Step.call(asn, skymethod=method, in_memory=in_memory, **kwargs)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(json.dumps({"seconds": seconds, "peak_mb": peak}))
+
+
+def _spawn(which, asn, method, in_memory, cores):
+    cmd = [sys.executable, __file__, "--worker", which, str(asn), method, str(in_memory), cores]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=Path(asn).parent)
+    if out.returncode != 0:
+        raise RuntimeError(f"{which} run failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _simulate(name, n_exp, ndet, size, overlap, workdir, columns=None, seed=1):
+    from skymatch_step.simulate import MosaicSpec, write_mosaic
+
+    target = workdir / name
+    asn = target / f"{name}_asn.json"
+    if asn.exists():
+        return asn
+    spec = MosaicSpec(
+        n_exposures=n_exp,
+        detectors_per_exposure=ndet,
+        shape=(size, size),
+        overlap=overlap,
+        columns=columns,
+        n_stars=int(100 * size * size / 2048**2) + 20,
+        seed=seed,
+    )
+    t0 = time.perf_counter()
+    write_mosaic(spec, target, product_name=name)
+    print(
+        f"  simulated {name}: {n_exp * ndet} images in {time.perf_counter() - t0:.0f} s", flush=True
+    )
+    return asn
+
+
+def _measure(asn, method, repeats, in_memory, cores, with_jwst=True, with_floor=True):
+    runs = {"jwst": [], "ours": [], "floor": []}
+    for _ in range(repeats):
+        order = (["jwst"] if with_jwst else []) + ["ours"] + (["floor"] if with_floor else [])
+        for which in order:
+            runs[which].append(_spawn(which, asn, method, in_memory, cores))
+    return runs
+
+
+def _median(runs, key):
+    return statistics.median(r[key] for r in runs) if runs else float("nan")
+
+
+def main(argv=None):
+    """Run the benchmark and write the table, JSON and plot."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", nargs="+", default=["nircam16", "grouped", "nircam64", "sparse"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workdir", default=str(HERE / "data"))
+    parser.add_argument("--outdir", default=str(HERE / "results"))
+    parser.add_argument("--cores", default="all", help="maximum_cores for our step")
+    parser.add_argument(
+        "--sparse-jwst-max",
+        type=int,
+        default=300,
+        help="largest sparse N to run jwst on (its geometry is all-pairs)",
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat")
+    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        which, asn, method, in_memory, cores = args.worker
+        _run_one(which, asn, method, in_memory == "True", cores)
+        return 0
+
+    workdir = Path(args.workdir)
+    outdir = Path(args.outdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    outdir.mkdir(parents=True, exist_ok=True)
+    cases = SMOKE if args.smoke else {k: CASES[k] for k in args.cases if k in CASES}
+    repeats = 1 if args.smoke else args.repeats
+    rows = []
+    for name, (n_exp, ndet, size, methods, overlap) in cases.items():
+        asn = _simulate(name, n_exp, ndet, size, overlap, workdir)
+        for method in methods:
+            runs = _measure(asn, method, repeats, True, args.cores)
+            rows.append(_row(name, n_exp * ndet, size, method, True, runs))
+            print(_format(rows[-1]), flush=True)
+        if name == "nircam64" or args.smoke:
+            runs = _measure(asn, "match", repeats, False, args.cores)
+            rows.append(_row(name, n_exp * ndet, size, "match", False, runs))
+            print(_format(rows[-1]), flush=True)
+    if "sparse" in args.cases and not args.smoke:
+        for n in SPARSE_SIZES:
+            name = f"sparse{n}"
+            asn = _simulate(name, n, 1, 256, 0.05, workdir, columns=int(n**0.5 * 2))
+            runs = _measure(
+                asn,
+                "match",
+                repeats,
+                True,
+                args.cores,
+                with_jwst=n <= args.sparse_jwst_max,
+                with_floor=True,
+            )
+            rows.append(_row(name, n, 256, "match", True, runs))
+            print(_format(rows[-1]), flush=True)
+
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    (outdir / "latest.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+    table = _table(rows, machine, argv)
+    (outdir / "latest.md").write_text(table)
+    print("\n" + table)
+    _plot(rows, outdir / "latest.png")
+    return 0
+
+
+def _row(name, n, size, method, in_memory, runs):
+    jwst_t = _median(runs["jwst"], "seconds")
+    ours_t = _median(runs["ours"], "seconds")
+    floor_t = _median(runs["floor"], "seconds")
+    return {
+        "case": name,
+        "n_images": n,
+        "size": size,
+        "method": method,
+        "in_memory": in_memory,
+        "jwst_s": jwst_t,
+        "ours_s": ours_t,
+        "floor_s": floor_t,
+        "speedup": jwst_t / ours_t,
+        "ours_over_floor": ours_t / floor_t,
+        "jwst_peak_mb": _median(runs["jwst"], "peak_mb"),
+        "ours_peak_mb": _median(runs["ours"], "peak_mb"),
+        "repeats": len(runs["ours"]),
+    }
+
+
+def _format(r):
+    return (
+        f"{r['case']:>10s} N={r['n_images']:<5d} {r['method']:13s} in_memory={r['in_memory']!s:5s} "
+        f"jwst={r['jwst_s']:7.2f}s ours={r['ours_s']:7.2f}s floor={r['floor_s']:7.2f}s "
+        f"speedup={r['speedup']:5.2f} ours/floor={r['ours_over_floor']:4.2f} "
+        f"peak jwst={r['jwst_peak_mb']:.0f}MB ours={r['ours_peak_mb']:.0f}MB"
+    )
+
+
+def _table(rows, machine, argv):
+    cmd = "python benchmarks/bench_skymatch.py " + " ".join(argv or sys.argv[1:])
+    lines = [
+        f"Machine: {machine}. Command: `{cmd.strip()}`. Medians of {rows[0]['repeats']} "
+        "alternating runs, each in a fresh process, timed around `Step.call`.",
+        "",
+        "| case | images | size | method | in_memory | jwst (s) | ours (s) | floor (s) "
+        "| jwst/ours | ours/floor | peak jwst (MB) | peak ours (MB) |",
+        "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {r['n_images']} | {r['size']} | {r['method']} | {r['in_memory']} "
+            f"| {r['jwst_s']:.2f} | {r['ours_s']:.2f} | {r['floor_s']:.2f} | {r['speedup']:.2f} "
+            f"| {r['ours_over_floor']:.2f} | {r['jwst_peak_mb']:.0f} | {r['ours_peak_mb']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _plot(rows, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for size, marker in ((2048, "o"), (256, "s"), (128, "^")):
+        sel = [r for r in rows if r["size"] == size and r["in_memory"] and r["method"] == "match"]
+        if not sel:
+            continue
+        sel.sort(key=lambda r: r["n_images"])
+        n = [r["n_images"] for r in sel]
+        for key, label in (("jwst_s", "jwst"), ("ours_s", "skymatch_step"), ("floor_s", "floor")):
+            ax.plot(n, [r[key] for r in sel], marker=marker, label=f"{label} ({size}px)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("number of images")
+    ax.set_ylabel("wall time (s), skymethod='match'")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
