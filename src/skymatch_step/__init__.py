@@ -12,7 +12,6 @@ from importlib.metadata import PackageNotFoundError, version
 from ._methods import ImageInput, SkyResult, match
 from ._statistics import SkyStatistics
 from .exceptions import GeometryError, SkymatchError
-from .pipeline import SkymatchImage3Pipeline
 from .step import SkyMatchStep, SkymatchStep
 
 try:
@@ -32,3 +31,13 @@ __all__ = [
     "__version__",
     "match",
 ]
+
+
+def __getattr__(name):
+    # The pipeline imports every jwst Image3 step (~100 MB); load it only
+    # when asked for, so that using the step alone stays light.
+    if name == "SkymatchImage3Pipeline":
+        from .pipeline import SkymatchImage3Pipeline
+
+        return SkymatchImage3Pipeline
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
