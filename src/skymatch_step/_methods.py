@@ -329,7 +329,7 @@ def match(
         terms.append(group_terms[g])
         if valid[k] and not group_ok[g]:
             valid[k] = False
-            reasons[k] = _group_reason(skymethod, g, members, measurements)
+            reasons[k] = _group_reason(skymethod)
     for k in np.flatnonzero(~valid):
         log.warning("Image %s: sky not computed because %s.", names[k], reasons[k])
     return SkyResult(
@@ -469,7 +469,7 @@ def _report_sets(sets, deltas, members, names):
         )
 
 
-def _group_reason(skymethod, g, members, measurements):
-    if skymethod in ("match",):
+def _group_reason(skymethod):
+    if skymethod == "match":
         return "its group does not overlap any other group with usable pixels"
     return "no sky statistic could be computed from its group's usable pixels"
