@@ -285,7 +285,7 @@ def match(
     sets = np.zeros(0, dtype=int)
     deltas = np.zeros(ngroups)
     if do_match:
-        pairs = _pair_equations(measurements, members, groups, ngroups)
+        pairs = _pair_equations(measurements, members, groups)
         deltas = solve_offsets(pairs, ngroups)
         sets = connected_sets(pairs, ngroups)
         _report_sets(sets, deltas, members, names)
@@ -433,7 +433,7 @@ def _group_overlap(g, h, members, measurements):
     return wsum / weight, weight
 
 
-def _pair_equations(measurements, members, groups, ngroups):
+def _pair_equations(measurements, members, groups):
     """Equations ``(i, j, s_i, s_j, w)`` for overlapping group pairs, i < j."""
     linked = set()
     for k, m in enumerate(measurements):
