@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._footprints import bounding_cap, image_footprint, union_footprint
-from ._overlaps import candidate_pairs, intersect_pairs, overlap_regions, region_mask
+from ._footprints import image_footprint, union_footprint
+from ._overlaps import PairIntersector, overlap_regions, region_mask
 from ._solver import connected_sets, solve_offsets
 from ._statistics import SkyStatistics, StatsError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable
 
 __all__ = ["SKYMETHODS", "ImageInput", "SkyResult", "match"]
 
@@ -181,7 +181,7 @@ class _Measurement:
 
 
 def match(
-    images: Sequence[ImageInput],
+    images: Iterable[ImageInput],
     *,
     skymethod: str = "match",
     match_down: bool = True,
@@ -193,8 +193,10 @@ def match(
 
     Parameters
     ----------
-    images : sequence of ImageInput
+    images : iterable of ImageInput
         The images; images with the same ``group`` share one sky level.
+        It is iterated once, so it may be a generator that opens the
+        images one after the other.
     skymethod : {'local', 'global', 'match', 'global+match'}
         ``local``: the sky of each group on its own (lowest of its
         members). ``global``: the lowest ``local`` sky, for every group.
@@ -208,7 +210,8 @@ def match(
     stepsize : int or None
         Spacing of footprint vertices along image edges, in pixels.
     workers : int
-        Number of threads measuring images concurrently.
+        Number of worker processes intersecting footprints and of threads
+        measuring images. The results do not depend on it.
 
     Returns
     -------
@@ -218,49 +221,52 @@ def match(
         raise ValueError(
             f"Unknown skymethod {skymethod!r}; valid choices are {', '.join(SKYMETHODS)}."
         )
-    if not images:
-        raise ValueError("No images to match: the input is empty.")
     stats = SkyStatistics() if stats is None else stats
     do_match = "match" in skymethod
     do_local = skymethod != "match"
 
-    names = [str(im.id) for im in images]
+    # First pass, over the image descriptions only (``images`` may be a
+    # generator that reads them): footprints, which are small and stay in
+    # memory, and the intersections of overlapping footprints, which run
+    # in worker processes while the next images are read. Like jwst, every
+    # method builds the footprints, so a broken WCS is always reported.
+    inputs = []
+    names = []
     labels: dict = {}
     groups = []
-    for k, im in enumerate(images):
-        key = ("__own__", k) if im.group is None else im.group
-        groups.append(labels.setdefault(key, len(labels)))
-    ngroups = len(labels)
+    footprints = []
+    with PairIntersector(workers if do_match else 1) as intersector:
+        for k, im in enumerate(images):
+            inputs.append(im)
+            names.append(str(im.id))
+            key = ("__own__", k) if im.group is None else im.group
+            groups.append(labels.setdefault(key, len(labels)))
+            footprints.append(image_footprint(im.shape, im.forward, stepsize, name=names[k]))
+            if do_match:
+                intersector.add(footprints[k], groups[k])
+        if not inputs:
+            raise ValueError("No images to match: the input is empty.")
+        images = inputs
+        ngroups = len(labels)
+        log.info(
+            "Sky method %r on %d image(s) in %d group(s)%s.",
+            skymethod,
+            len(images),
+            ngroups,
+            f", matching {'down' if match_down else 'up'}" if do_match else "",
+        )
+        pairs, pair_overlaps = intersector.results(names) if do_match else ([], {})
     members = [[] for _ in range(ngroups)]
     for k, g in enumerate(groups):
         members[g].append(k)
-    log.info(
-        "Sky method %r on %d image(s) in %d group(s)%s.",
-        skymethod,
-        len(images),
-        ngroups,
-        f", matching {'down' if match_down else 'up'}" if do_match else "",
-    )
-
-    # Footprints are cheap (a few WCS evaluations per image) and stay in
-    # memory; like jwst, every method builds them, so a broken WCS is
-    # reported whatever the method.
-    footprints = [
-        image_footprint(im.shape, im.forward, stepsize, name=names[k])
-        for k, im in enumerate(images)
-    ]
     neighbours = [[] for _ in images]
-    pair_overlaps = {}
+    for i, j in pairs:
+        neighbours[i].append(j)
+        neighbours[j].append(i)
+    for nb in neighbours:
+        nb.sort()
     if do_match:
-        caps = [bounding_cap(fp) for fp in footprints]
-        pairs = candidate_pairs(caps, groups)
-        for i, j in pairs:
-            neighbours[i].append(j)
-            neighbours[j].append(i)
-        for nb in neighbours:
-            nb.sort()
-        log.info("Intersecting %d candidate pairs of footprints.", len(pairs))
-        pair_overlaps = intersect_pairs(pairs, footprints, names, workers=workers)
+        log.info("%d pair(s) of images in different groups may overlap.", len(pairs))
 
     def measure(k):
         return _measure(images[k], k, stats, do_local, neighbours[k], pair_overlaps, groups, names)

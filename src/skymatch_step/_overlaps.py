@@ -6,17 +6,18 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.spatial import cKDTree
 from spherical_geometry.polygon import MalformedPolygonError
 
+from ._footprints import bounding_cap
 from ._raster import fill_polygon
 from .exceptions import GeometryError
 
 __all__ = [
+    "CapIndex",
     "OverlapRegion",
+    "PairIntersector",
     "PairOverlap",
     "candidate_pairs",
-    "intersect_pairs",
     "overlap_regions",
     "region_mask",
 ]
@@ -27,11 +28,76 @@ log = logging.getLogger(__name__)
 _CAP_MARGIN = 1e-9
 
 
+class CapIndex:
+    """Bounding caps filed in a grid of cells over their centre unit vectors.
+
+    Adding a cap returns the earlier caps it touches. A query looks only
+    at the grid cells within reach of the new cap, so the cost grows with
+    the number of neighbours, not with the number of caps.
+    """
+
+    def __init__(self):
+        self._centres = []
+        self._radii = []
+        self._cells = {}
+        self._cell = None
+        self._rmax = 0.0
+
+    def __len__(self):
+        return len(self._centres)
+
+    def add(self, cap):
+        """File ``cap`` and return the earlier caps that touch it.
+
+        Parameters
+        ----------
+        cap : Cap
+
+        Returns
+        -------
+        list of int
+            Indices (order of addition) of the touching caps, ascending.
+        """
+        if self._cell is None:
+            # Cells about one cap across: neighbours lie a few cells away.
+            self._cell = max(2.0 * np.sin(min(cap.radius, np.pi / 2)), 1e-6)
+        touching = []
+        if self._centres:
+            candidates = self._nearby(cap)
+            if candidates.size:
+                centres = np.asarray(self._centres)[candidates]
+                radii = np.asarray(self._radii)[candidates]
+                ang = np.arccos(np.clip(centres @ cap.centre, -1.0, 1.0))
+                touching = np.sort(candidates[ang <= radii + cap.radius + _CAP_MARGIN]).tolist()
+        index = len(self._centres)
+        self._centres.append(np.asarray(cap.centre, dtype=float))
+        self._radii.append(float(cap.radius))
+        self._rmax = max(self._rmax, float(cap.radius))
+        self._cells.setdefault(self._key(cap.centre), []).append(index)
+        return touching
+
+    def _key(self, v):
+        return tuple(int(np.floor(c / self._cell)) for c in v)
+
+    def _nearby(self, cap):
+        reach = min(np.pi, cap.radius + self._rmax + _CAP_MARGIN)
+        chord = 2.0 * np.sin(reach / 2.0) + 1e-12
+        lo = self._key(cap.centre - chord)
+        hi = self._key(cap.centre + chord)
+        ncells = np.prod([b - a + 1 for a, b in zip(lo, hi, strict=True)], dtype=float)
+        if ncells > len(self._centres):
+            # A cap wider than the layout: checking every cap is cheaper.
+            return np.arange(len(self._centres))
+        found = []
+        for a in range(lo[0], hi[0] + 1):
+            for b in range(lo[1], hi[1] + 1):
+                for c in range(lo[2], hi[2] + 1):
+                    found.extend(self._cells.get((a, b, c), ()))
+        return np.asarray(found, dtype=int)
+
+
 def candidate_pairs(caps, groups):
     """Pairs of images, in different groups, whose bounding caps touch.
-
-    Uses a k-d tree on the cap centres, so the cost grows with the number
-    of neighbours rather than with all pairs.
 
     Parameters
     ----------
@@ -45,23 +111,10 @@ def candidate_pairs(caps, groups):
     list of tuple of int
         Sorted pairs ``(i, j)`` with ``i < j``.
     """
-    n = len(caps)
-    if n < 2:
-        return []
-    centres = np.array([c.centre for c in caps])
-    radii = np.array([c.radius for c in caps])
-    tree = cKDTree(centres)
-    rmax = radii.max()
-    pairs = set()
-    for i in range(n):
-        reach = min(np.pi, radii[i] + rmax + _CAP_MARGIN)
-        chord = 2.0 * np.sin(reach / 2.0)
-        for j in tree.query_ball_point(centres[i], chord + 1e-12):
-            if j <= i or groups[i] == groups[j]:
-                continue
-            ang = np.arccos(np.clip(centres[i] @ centres[j], -1.0, 1.0))
-            if ang <= radii[i] + radii[j] + _CAP_MARGIN:
-                pairs.add((i, j))
+    index = CapIndex()
+    pairs = []
+    for j, cap in enumerate(caps):
+        pairs.extend((i, j) for i in index.add(cap) if groups[i] != groups[j])
     return sorted(pairs)
 
 
@@ -88,7 +141,7 @@ class PairOverlap:
     ``first`` is what image ``i`` of the pair ``(i, j)`` uses, ``second``
     what image ``j`` uses: ``(area, pieces)`` with the spherical area (sr)
     and the closed ``(ra, dec)`` polygons of at least 4 vertices. They are
-    the same object unless an intersection failed (see `intersect_pairs`).
+    the same object unless an intersection failed (see `PairIntersector`).
     """
 
     first: tuple
@@ -134,64 +187,115 @@ def _intersect_pair(fp_i, fp_j):
     return PairOverlap(first, second, failed)
 
 
-_WORKER_FOOTPRINTS = None
+def _intersect_task(fp_i, fp_j):
+    return _intersect_pair(fp_i, fp_j)
 
 
-def _init_worker(footprints):
-    global _WORKER_FOOTPRINTS
-    _WORKER_FOOTPRINTS = footprints
+class PairIntersector:
+    """Find and intersect overlapping footprints as the images arrive.
 
+    Each footprint added is checked against the earlier ones' bounding
+    caps (`CapIndex`); the footprints of every candidate pair in different
+    groups are intersected once, in ``workers`` processes when more than
+    one (spherical-geometry is pure Python, so threads would not help).
+    Intersections run while the caller reads the next images.
 
-def _intersect_chunk(pairs):
-    fps = _WORKER_FOOTPRINTS
-    return [_intersect_pair(fps[i], fps[j]) for i, j in pairs]
-
-
-def intersect_pairs(pairs, footprints, names, *, workers=1):
-    """Intersect the footprints of each candidate pair, once per pair.
+    Use as a context manager, so that worker processes always stop.
 
     Parameters
     ----------
-    pairs : list of tuple of int
-        Candidate pairs ``(i, j)``.
-    footprints : list of SphericalPolygon
-        Footprints of all images.
-    names : sequence of str
-        Image names, for warnings.
     workers : int, optional
-        Processes to spread the intersections over (spherical-geometry is
-        pure Python, so threads would not help).
-
-    Returns
-    -------
-    dict
-        ``{(i, j): PairOverlap}``.
+        Number of worker processes; 1 intersects in the calling process.
     """
-    if workers > 1 and len(pairs) >= 4 * workers:
-        from concurrent.futures import ProcessPoolExecutor
 
-        size = max(1, len(pairs) // (4 * workers))
-        chunks = [pairs[k : k + size] for k in range(0, len(pairs), size)]
-        with ProcessPoolExecutor(
-            max_workers=workers, initializer=_init_worker, initargs=(footprints,)
-        ) as pool:
-            results = [r for chunk in pool.map(_intersect_chunk, chunks) for r in chunk]
-    else:
-        results = [_intersect_pair(footprints[i], footprints[j]) for i, j in pairs]
-    out = {}
-    for (i, j), result in zip(pairs, results, strict=True):
-        for who in result.failed:
-            own, other = (i, j) if who == "i" else (j, i)
-            # jwst falls back to the whole image; keep its result but say so.
-            log.warning(
-                "Intersection of the footprints of %s and %s failed; using the whole "
-                "footprint of %s as the overlap, as jwst does.",
-                names[own],
-                names[other],
-                names[own],
-            )
-        out[(i, j)] = result
-    return out
+    def __init__(self, workers=1):
+        self._workers = int(workers)
+        self._index = CapIndex()
+        self._footprints = []
+        self._groups = []
+        self._pending = {}
+        self._pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        """Stop the worker processes (pending intersections are dropped)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def add(self, footprint, group, cap=None):
+        """Add the next image's footprint; start its intersections.
+
+        Parameters
+        ----------
+        footprint : SphericalPolygon
+        group : hashable
+            Sky group; images of one group are not intersected.
+        cap : Cap, optional
+            Bounding cap of ``footprint`` (computed if omitted).
+
+        Returns
+        -------
+        int
+            The image's index (order of addition).
+        """
+        cap = bounding_cap(footprint) if cap is None else cap
+        j = len(self._footprints)
+        self._footprints.append(footprint)
+        self._groups.append(group)
+        for i in self._index.add(cap):
+            if self._groups[i] == group:
+                continue
+            if self._workers > 1:
+                if self._pool is None:
+                    from concurrent.futures import ProcessPoolExecutor
+
+                    self._pool = ProcessPoolExecutor(max_workers=self._workers)
+                fut = self._pool.submit(_intersect_task, self._footprints[i], footprint)
+                self._pending[(i, j)] = fut
+            else:
+                self._pending[(i, j)] = _intersect_pair(self._footprints[i], footprint)
+        return j
+
+    def results(self, names):
+        """Wait for the intersections and return them.
+
+        Parameters
+        ----------
+        names : sequence of str
+            Image names, for warnings.
+
+        Returns
+        -------
+        pairs : list of tuple of int
+            The candidate pairs ``(i, j)``, ``i < j``, sorted.
+        overlaps : dict
+            ``{(i, j): PairOverlap}``.
+        """
+        pairs = sorted(self._pending)
+        out = {}
+        for i, j in pairs:
+            result = self._pending[(i, j)]
+            if not isinstance(result, PairOverlap):
+                result = result.result()
+            for who in result.failed:
+                own, other = (i, j) if who == "i" else (j, i)
+                # jwst falls back to the whole image; keep its result but say so.
+                log.warning(
+                    "Intersection of the footprints of %s and %s failed; using the whole "
+                    "footprint of %s as the overlap, as jwst does.",
+                    names[own],
+                    names[other],
+                    names[own],
+                )
+            out[(i, j)] = result
+        self.close()
+        return pairs, out
 
 
 def overlap_regions(index, neighbours, pair_overlaps, inverse, groups):
@@ -204,7 +308,7 @@ def overlap_regions(index, neighbours, pair_overlaps, inverse, groups):
     neighbours : iterable of int
         Images (in other groups) whose caps touch this image's cap.
     pair_overlaps : dict
-        Result of `intersect_pairs`.
+        Intersections from `PairIntersector.results`.
     inverse : callable
         ``inverse(ra, dec) -> (x, y)`` of image ``index``.
     groups : sequence of int

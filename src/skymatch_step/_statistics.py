@@ -113,26 +113,72 @@ class SkyStatistics:
         return compute(values, self)
 
 
-def _clipped_moments(x, lo, hi):
-    """Values of ``x`` within ``[lo, hi]`` and their count, mean, std, min, max.
+class _Moments:
+    """Values within clipping limits and their moments (one iteration)."""
+
+    __slots__ = ("good", "hi32", "lo32", "max", "mean", "min", "n", "std")
+
+
+def _clipped_moments(x, lo, hi, prev=None):
+    """Values of ``x`` within ``[lo, hi]`` and their count, mean and std.
 
     Follows ``computeMean`` of stsci.imagestats (float32 limits, double
-    sums, float32 results), including how its running minimum and maximum
-    start from the first element of the array.
+    sums, float32 results). ``prev``, the previous iteration's result,
+    saves work without changing any number: when the new limits lie
+    inside the previous ones the values are selected from the previous
+    selection (same values, same order), and when the selection cannot
+    have changed the moments are those of the previous iteration.
     """
-    lo32 = np.float32(lo)
-    hi32 = np.float32(hi)
-    good = x[(x >= lo32) & (x <= hi32)]
-    n = good.size
-    if n == 0:
-        return good, 0, 0.0, 0.0, 0.0, 0.0
-    first = x[0]
-    vmin = min(lo32 if lo32 > first else first, good.min())
-    vmax = max(hi32 if hi32 < first else first, good.max())
-    mean = np.float32(np.sum(good, dtype=np.float64) / n)
-    d = good - mean
-    std = np.float32(np.sqrt(np.sum(d * d, dtype=np.float64) / (n - 1))) if n > 1 else np.nan
-    return good, n, float(mean), float(std), float(vmin), float(vmax)
+    m = _Moments()
+    m.lo32 = np.float32(lo)
+    m.hi32 = np.float32(hi)
+    nested = prev is not None and prev.lo32 <= m.lo32 and m.hi32 <= prev.hi32
+    # The previous selection is kept whole when the new limits hold all of
+    # it and either lie inside the previous limits or it was every value.
+    same = (
+        prev is not None
+        and (nested or prev.n == x.size)
+        and m.lo32 <= prev.min
+        and prev.max <= m.hi32
+    )
+    if same:
+        m.good, m.n, m.mean, m.std, m.min, m.max = (
+            prev.good,
+            prev.n,
+            prev.mean,
+            prev.std,
+            prev.min,
+            prev.max,
+        )
+        return m
+    source = prev.good if nested else x
+    m.good = source[(source >= m.lo32) & (source <= m.hi32)]
+    m.n = m.good.size
+    if m.n == 0:
+        m.mean = m.std = m.min = m.max = 0.0
+        return m
+    m.min = m.good.min()
+    m.max = m.good.max()
+    mean = np.float32(np.sum(m.good, dtype=np.float64) / m.n)
+    if m.n > 1:
+        d = m.good - mean
+        np.multiply(d, d, out=d)
+        m.std = float(np.float32(np.sqrt(np.sum(d, dtype=np.float64) / (m.n - 1))))
+    else:
+        m.std = float("nan")
+    m.mean = float(mean)
+    return m
+
+
+def _range(m, first):
+    """Return the data range as ``computeMean`` reports it.
+
+    Its running minimum and maximum start from the array's first element
+    and the limits, so they can differ from the selected values' range.
+    """
+    vmin = min(m.lo32 if m.lo32 > first else first, m.min)
+    vmax = max(m.hi32 if m.hi32 < first else first, m.max)
+    return float(vmin), float(vmax)
 
 
 def compute(values, settings):
@@ -168,15 +214,18 @@ def compute(values, settings):
         raise StatsError(f"upper limit {upper} is below all pixel values (min {dmin})")
 
     clipmin, clipmax = lower, upper
+    moments = None
     for it in range(settings.nclip + 1):
-        good, npix, mean, std, vmin, vmax = _clipped_moments(x, clipmin, clipmax)
-        if npix <= 0:
+        moments = _clipped_moments(x, clipmin, clipmax, moments)
+        if moments.n <= 0:
             raise StatsError("no pixel values left inside the clipping limits")
         if it < settings.nclip:
             # Python's max/min keep the limit when the candidate is NaN
             # (a single value has an undefined standard deviation).
-            clipmin = max(lower, mean - settings.lsigma * std)
-            clipmax = min(upper, mean + settings.usigma * std)
+            clipmin = max(lower, moments.mean - settings.lsigma * moments.std)
+            clipmax = min(upper, moments.mean + settings.usigma * moments.std)
+    good, npix, mean, std = moments.good, moments.n, moments.mean, moments.std
+    vmin, vmax = _range(moments, x[0])
 
     stat = settings.skystat
     if stat == "mean":
@@ -208,18 +257,23 @@ def compute(values, settings):
 
 
 def _histogram(x, nbins, dz, vmin):
-    """Histogram as ``populate1DHist`` of stsci.imagestats fills it."""
+    """Histogram as ``populate1DHist`` of stsci.imagestats (1.8.2 and later) fills it.
+
+    float32 throughout: values in ``[start, stop)`` go to bin
+    ``int((1 / width) * (value - start))``; an index that rounds up to
+    ``nbins`` is dropped.
+    """
     width = np.float32(dz)
     start = np.float32(vmin)
-    stop = start + width * nbins
     inv = np.float32(1.0) / width
-    edge = np.float32(start + width * np.float32(nbins))
-    closed = int(inv * (edge - start)) == nbins
-    if closed:
-        edge = np.float32(edge * (np.float32(1.0) - np.finfo(np.float32).eps))
-    stop = min(stop, edge)
-    sel = (x >= start) & ((x <= stop) if closed else (x < stop))
-    idx = (inv * (x[sel] - start)).astype(np.int64)
+    stop = min(start + width * nbins, np.float32(start + width * np.float32(nbins)))
+    sel = (x >= start) & (x < stop)
+    scaled = x[sel]
+    del sel
+    scaled -= start
+    scaled *= inv
+    idx = scaled.astype(np.intp)
+    del scaled
     return np.bincount(idx, minlength=nbins)[:nbins].astype(np.uint32)
 
 

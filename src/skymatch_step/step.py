@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 from typing import ClassVar
@@ -124,10 +125,10 @@ class SkymatchStep(Step):
             binwidth=self.binwidth,
         )
         dqbits = _parse_dqbits(self.dqbits)
-        images, start_levels = self._engine_inputs(library, dqbits)
+        start_levels = []
         with library:
             result = match(
-                images,
+                self._engine_inputs(library, dqbits, start_levels),
                 skymethod=self.skymethod,
                 match_down=self.match_down,
                 stats=stats,
@@ -155,39 +156,43 @@ class SkymatchStep(Step):
             raise ValueError("No images to process: the input is empty.")
         return ModelLibrary(output, on_disk=on_disk)
 
-    def _engine_inputs(self, library, dqbits):
-        """Check every model and describe it to the engine (no pixels read).
+    def _engine_inputs(self, library, dqbits, start_levels):
+        """Check each model and describe it to the engine, one at a time.
 
-        Raises before any model is modified if a model has no WCS, is not
-        2-D, or has background metadata inconsistent with ``subtract``.
+        A generator: the engine computes each footprint (and starts the
+        intersections) while the next model is read. Pixels are not
+        touched here. It raises, before any model is modified, if a model
+        has no WCS, is not 2-D, or has background metadata inconsistent
+        with ``subtract``; the start level of each model is appended to
+        ``start_levels``. The library must be open.
         """
         group_of = {}
         for label, indices in library.group_indices.items():
             for index in indices:
                 group_of[index] = label
-        images = []
-        start_levels = []
-        with library:
-            for index in range(len(library)):
+        n = len(library)
+        every = max(1, math.ceil(n / 5)) if n >= 20 else n + 1
+        for index in range(n):
+            with _LEDGER_LOCK:
                 model = library.borrow(index)
-                try:
-                    name = _model_name(model, index)
-                    shape = _check_model(model, name)
-                    start_levels.append(self._start_level(model, name))
-                    forward, inverse = _wcs_callables(model.meta.wcs)
-                finally:
+            try:
+                name = _model_name(model, index)
+                shape = _check_model(model, name)
+                start_levels.append(self._start_level(model, name))
+                forward, inverse = _wcs_callables(model.meta.wcs)
+            finally:
+                with _LEDGER_LOCK:
                     library.shelve(model, index, modify=False)
-                images.append(
-                    ImageInput(
-                        id=name,
-                        shape=shape,
-                        forward=forward,
-                        inverse=inverse,
-                        pixels=_library_pixels(library, index, dqbits),
-                        group=group_of[index],
-                    )
-                )
-        return images, start_levels
+            if (index + 1) % every == 0 and index + 1 < n:
+                log.info("Read the WCS of %d of %d images.", index + 1, n)
+            yield ImageInput(
+                id=name,
+                shape=shape,
+                forward=forward,
+                inverse=inverse,
+                pixels=_library_pixels(library, index, dqbits),
+                group=group_of[index],
+            )
 
     def _start_level(self, model, name):
         """Sky level already subtracted from ``model`` (jwst's re-run rules)."""
