@@ -154,7 +154,7 @@ class SkymatchStep(Step):
                 on_disk = False
         if isinstance(output, (list, tuple)) and not output:
             raise ValueError("No images to process: the input is empty.")
-        return ModelLibrary(output, on_disk=on_disk)
+        return _Library(output, on_disk=on_disk)
 
     def _engine_inputs(self, library, dqbits, start_levels):
         """Check each model and describe it to the engine, one at a time.
@@ -257,6 +257,25 @@ class SkymatchStep(Step):
                 model.meta.cal_step.skymatch = "COMPLETE"
                 library.shelve(model, index)
         return library
+
+
+class _Library(ModelLibrary):
+    """A `ModelLibrary` whose read-only ``asn`` view is built once.
+
+    The base class builds a read-only copy of the whole association each
+    time ``asn`` is read, and reads it several times for every model it
+    loads, so loading N models costs O(N^2) (minutes at N=1000). The
+    association does not change after the library is created, so one copy
+    serves every read. Used for the libraries this step creates.
+    """
+
+    @property
+    def asn(self):
+        """Association dictionary used to create the library (read-only)."""
+        view = self.__dict__.get("_asn_view")
+        if view is None:
+            view = self.__dict__["_asn_view"] = super().asn
+        return view
 
 
 #: jwst's name for the step class, for scripts that switch imports.
