@@ -7,7 +7,8 @@ import pytest
 
 from conftest import scale_shift_wcs
 from skymatch_step._footprints import bounding_cap, image_footprint
-from skymatch_step._overlaps import candidate_pairs
+from skymatch_step._footprints import Cap
+from skymatch_step._overlaps import CapIndex, candidate_pairs
 from skymatch_step.exceptions import GeometryError
 
 
@@ -60,3 +61,25 @@ def test_candidate_pairs_skip_same_group():
     caps = [bounding_cap(f) for f in fps]
     assert candidate_pairs(caps, [0, 0, 1]) == [(0, 2), (1, 2)]
     assert candidate_pairs(caps, [0, 1, 2]) == [(0, 1), (0, 2), (1, 2)]
+
+
+def test_cap_index_matches_brute_force():
+    # Caps of very different sizes, added in random order, including one
+    # wider than the layout (checked against every cap): the grid finds
+    # exactly the touching pairs.
+    rng = np.random.default_rng(8)
+    n = 300
+    vec = rng.normal(size=(n, 3)) * [1.0, 1.0, 30.0]
+    vec /= np.linalg.norm(vec, axis=1)[:, None]
+    radii = rng.choice([0.002, 0.01, 0.05], size=n)
+    radii[137] = 1.2
+    caps = [Cap(v, r) for v, r in zip(vec, radii, strict=True)]
+    index = CapIndex()
+    found = set()
+    for j, cap in enumerate(caps):
+        found |= {(i, j) for i in index.add(cap)}
+    ang = np.arccos(np.clip(vec @ vec.T, -1.0, 1.0))
+    touch = ang <= radii[:, None] + radii[None, :] + 1e-9
+    truth = {(i, j) for i in range(n) for j in range(i + 1, n) if touch[i, j]}
+    assert found == truth
+    assert len(index) == n

@@ -139,6 +139,54 @@ def test_on_disk_library(mosaic_on_disk):
             assert model.meta.background.level is None
 
 
+def test_on_disk_and_in_memory_agree(mosaic_on_disk):
+    # The on-disk path releases each model as soon as it is read; the
+    # levels must not depend on where the models live.
+    asn = str(mosaic_on_disk.asn_path)
+    disk = library_results(SkymatchStep.call(asn, in_memory=False, skymethod="global+match"))
+    memory = library_results(SkymatchStep.call(asn, in_memory=True, skymethod="global+match"))
+    assert [r[:5] for r in disk] == [r[:5] for r in memory]
+
+
+def test_created_library_reads_its_association_once(mosaic_on_disk):
+    # The step's own library serves one read-only association view; its
+    # content is that of jwst's ModelLibrary.
+    step = SkymatchStep()
+    library = step._open_library(str(mosaic_on_disk.asn_path))
+    assert isinstance(library, ModelLibrary)
+    assert library.asn is library.asn
+    reference = ModelLibrary(str(mosaic_on_disk.asn_path)).asn
+    members = library.asn["products"][0]["members"]
+    assert [dict(m) for m in members] == [dict(m) for m in reference["products"][0]["members"]]
+    with pytest.raises(TypeError):
+        library.asn["products"][0]["members"][0]["expname"] = "other.fits"
+
+
+@pytest.mark.parametrize(
+    "dqbits", ["~DO_NOT_USE+NON_SCIENCE", "DO_NOT_USE", "~0", "0", "4", "~SATURATED,JUMP_DET"]
+)
+@pytest.mark.parametrize("dtype", [np.uint32, np.int32, np.uint16])
+def test_good_pixels_follow_astropy_bit_flags(dqbits, dtype):
+    # Same mask as astropy's bitfield_to_boolean_mask, with fewer temporaries.
+    from types import SimpleNamespace
+
+    from astropy.nddata.bitmask import bitfield_to_boolean_mask
+
+    from skymatch_step.step import _good_pixels, _parse_dqbits
+
+    rng = np.random.default_rng(3)
+    info = np.iinfo(dtype)
+    dq = rng.integers(info.min, info.max, size=(64, 64), endpoint=True, dtype=dtype)
+    dq[rng.random(dq.shape) < 0.5] = 0
+    data = rng.normal(size=dq.shape).astype(np.float32)
+    data[0, :5] = np.nan
+    bits = _parse_dqbits(dqbits)
+    expected = bitfield_to_boolean_mask(dq, bits, good_mask_value=True, dtype=bool)
+    expected &= np.isfinite(data)
+    got = _good_pixels(SimpleNamespace(data=data, dq=dq), bits)
+    assert np.array_equal(got, expected)
+
+
 def test_rerun_accumulates_subtracted_sky(table1_models):
     first = SkymatchStep.call(table1_models, skymethod="local", subtract=True)
     second = SkymatchStep.call(first, skymethod="local", subtract=True)

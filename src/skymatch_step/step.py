@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import os
@@ -10,7 +11,7 @@ import threading
 from typing import ClassVar
 
 import numpy as np
-from astropy.nddata.bitmask import bitfield_to_boolean_mask, interpret_bit_flags
+from astropy.nddata.bitmask import interpret_bit_flags
 from jwst.datamodels import ModelContainer, ModelLibrary
 from jwst.stpipe import Step
 from stdatamodels.jwst.datamodels import JwstDataModel
@@ -171,6 +172,7 @@ class SkymatchStep(Step):
             for index in indices:
                 group_of[index] = label
         n = len(library)
+        on_disk = _is_on_disk(library)
         every = max(1, math.ceil(n / 5)) if n >= 20 else n + 1
         for index in range(n):
             with _LEDGER_LOCK:
@@ -183,6 +185,8 @@ class SkymatchStep(Step):
             finally:
                 with _LEDGER_LOCK:
                     library.shelve(model, index, modify=False)
+            del model
+            _release(on_disk)
             if (index + 1) % every == 0 and index + 1 < n:
                 log.info("Read the WCS of %d of %d images.", index + 1, n)
             yield ImageInput(
@@ -190,7 +194,7 @@ class SkymatchStep(Step):
                 shape=shape,
                 forward=forward,
                 inverse=inverse,
-                pixels=_library_pixels(library, index, dqbits),
+                pixels=_library_pixels(library, index, dqbits, on_disk),
                 group=group_of[index],
             )
 
@@ -218,6 +222,7 @@ class SkymatchStep(Step):
         return float(bkg.level) if self.subtract else 0.0
 
     def _write_results(self, library, result, start_levels):
+        on_disk = _is_on_disk(library)
         with library:
             for index in range(len(library)):
                 model = library.borrow(index)
@@ -234,6 +239,8 @@ class SkymatchStep(Step):
                 else:
                     model.meta.cal_step.skymatch = "SKIPPED"
                 library.shelve(model, index)
+                del model
+                _release(on_disk)
 
     def _apply_user_sky(self, library):
         if not self.skylist:
@@ -329,19 +336,84 @@ def _parse_dqbits(dqbits):
 
 
 def _good_pixels(model, dqbits):
-    finite = np.isfinite(model.data)
+    """Pixels usable for sky statistics: finite and free of rejected DQ flags.
+
+    ``dqbits`` is the integer of flags to *ignore* (astropy's
+    ``interpret_bit_flags`` convention); a pixel with any other flag set
+    is rejected. Computed with one integer temporary, not the several of
+    ``bitfield_to_boolean_mask``, to keep the memory per image small.
+    """
+    good = np.isfinite(model.data)
     if dqbits is None:
-        return finite
-    return bitfield_to_boolean_mask(model.dq, dqbits, good_mask_value=True, dtype=bool) & finite
+        return good
+    dq = np.asarray(model.dq)
+    if dq.dtype.kind != "u":
+        dq = dq.astype(np.uint32)  # as astropy interprets a signed bit field
+    bad = dq.dtype.type(~int(dqbits) & np.iinfo(dq.dtype).max)
+    flagged = np.bitwise_and(dq, bad)
+    good &= flagged == 0
+    return good
 
 
 _LEDGER_LOCK = threading.Lock()
 
 
-def _library_pixels(library, index, dqbits):
+def _load_malloc_trim():
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def _is_on_disk(library):
+    """Whether ``library`` keeps its models in files (``on_disk=True``).
+
+    stpipe has no public accessor for it; a library without the attribute
+    is treated as in memory (nothing is lost but some memory headroom).
+    """
+    return bool(getattr(library, "_on_disk", False))
+
+
+def _release(on_disk):
+    """Free what a model released by an on-disk library held.
+
+    Data models contain reference cycles, so a model dropped by an on-disk
+    library is only freed by the cyclic garbage collector, which runs on
+    object counts, not bytes: left to itself, several models' arrays
+    (about 100 MB each for NIRCam) could pile up. Collecting right away
+    keeps one model per worker in memory. Nothing to do in memory.
+    """
+    if on_disk:
+        gc.collect()
+        _trim_heap()
+
+
+def _trim_heap():
+    """Give the memory of freed arrays back to the operating system.
+
+    Image arrays (16 MB each for 2048x2048 float32) fall under glibc's
+    adaptive mmap threshold, so they are carved from the heap; once freed,
+    small long-lived objects allocated in between keep the heap from
+    shrinking, and with an on-disk library the process would grow by
+    several MB per image read. ``malloc_trim`` releases the free pages.
+    A no-op where the C library has no ``malloc_trim``.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _library_pixels(library, index, dqbits, on_disk):
     """Context manager factory that borrows one model's pixels.
 
-    The library must be open while the returned context is entered.
+    The model is returned to the library as soon as its science array and
+    good-pixel mask are taken, so that, for an on-disk library, its other
+    arrays are freed while the statistics are computed. The library must
+    be open while the returned context is entered.
     """
 
     @contextlib.contextmanager
@@ -349,10 +421,19 @@ def _library_pixels(library, index, dqbits):
         with _LEDGER_LOCK:
             model = library.borrow(index)
         try:
-            yield model.data, _good_pixels(model, dqbits)
+            data = model.data
+            good = _good_pixels(model, dqbits)
         finally:
             with _LEDGER_LOCK:
                 library.shelve(model, index, modify=False)
+        del model
+        _release(on_disk)
+        try:
+            yield data, good
+        finally:
+            del data, good
+            if on_disk:
+                _trim_heap()
 
     return pixels
 
