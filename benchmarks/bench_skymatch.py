@@ -106,10 +106,12 @@ def _simulate(name, n_exp, ndet, size, overlap, workdir, columns=None, seed=1):
     return asn
 
 
-def _measure(asn, method, repeats, in_memory, cores, with_jwst=True, with_floor=True):
+def _measure(asn, method, repeats, in_memory, cores, with_jwst=True, reference_rounds=None):
+    """Alternate jwst, ours and the floor; the references in the first rounds only."""
     runs = {"jwst": [], "ours": [], "floor": []}
-    for _ in range(repeats):
-        order = (["jwst"] if with_jwst else []) + ["ours"] + (["floor"] if with_floor else [])
+    for k in range(repeats):
+        refs = reference_rounds is None or k < reference_rounds
+        order = (["jwst"] if with_jwst and refs else []) + ["ours"] + (["floor"] if refs else [])
         for which in order:
             runs[which].append(_spawn(which, asn, method, in_memory, cores))
     return runs
@@ -133,6 +135,12 @@ def main(argv=None):
         default=300,
         help="largest sparse N to run jwst on (its geometry is all-pairs)",
     )
+    parser.add_argument(
+        "--sparse-reference-repeats",
+        type=int,
+        default=1,
+        help="rounds of the sparse series in which jwst and the floor also run",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat")
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -154,7 +162,7 @@ def main(argv=None):
             runs = _measure(asn, method, repeats, True, args.cores)
             rows.append(_row(name, n_exp * ndet, size, method, True, runs))
             print(_format(rows[-1]), flush=True)
-        if name == "nircam64" or args.smoke:
+        if name in ("nircam16", "nircam64") or args.smoke:
             runs = _measure(asn, "match", repeats, False, args.cores)
             rows.append(_row(name, n_exp * ndet, size, "match", False, runs))
             print(_format(rows[-1]), flush=True)
@@ -169,7 +177,7 @@ def main(argv=None):
                 True,
                 args.cores,
                 with_jwst=n <= args.sparse_jwst_max,
-                with_floor=True,
+                reference_rounds=args.sparse_reference_repeats,
             )
             rows.append(_row(name, n, 256, "match", True, runs))
             print(_format(rows[-1]), flush=True)
@@ -187,6 +195,8 @@ def _row(name, n, size, method, in_memory, runs):
     jwst_t = _median(runs["jwst"], "seconds")
     ours_t = _median(runs["ours"], "seconds")
     floor_t = _median(runs["floor"], "seconds")
+    # Ratios of the runs made side by side (same round), then their median.
+    paired = [j["seconds"] / o["seconds"] for j, o in zip(runs["jwst"], runs["ours"], strict=False)]
     return {
         "case": name,
         "n_images": n,
@@ -196,11 +206,12 @@ def _row(name, n, size, method, in_memory, runs):
         "jwst_s": jwst_t,
         "ours_s": ours_t,
         "floor_s": floor_t,
-        "speedup": jwst_t / ours_t,
+        "speedup": statistics.median(paired) if paired else float("nan"),
         "ours_over_floor": ours_t / floor_t,
         "jwst_peak_mb": _median(runs["jwst"], "peak_mb"),
         "ours_peak_mb": _median(runs["ours"], "peak_mb"),
         "repeats": len(runs["ours"]),
+        "reference_repeats": len(runs["floor"]),
     }
 
 
@@ -216,20 +227,50 @@ def _format(r):
 def _table(rows, machine, argv):
     cmd = "python benchmarks/bench_skymatch.py " + " ".join(argv or sys.argv[1:])
     lines = [
-        f"Machine: {machine}. Command: `{cmd.strip()}`. Medians of {rows[0]['repeats']} "
-        "alternating runs, each in a fresh process, timed around `Step.call`.",
+        f"Machine: {machine}. Command: `{cmd.strip()}`. Each run in a fresh process, "
+        "timed around `Step.call`; jwst, ours and the floor alternate. Times are medians; "
+        "jwst/ours is the median of the ratios of runs made side by side; runs = rounds "
+        "of ours / rounds with jwst and the floor.",
         "",
-        "| case | images | size | method | in_memory | jwst (s) | ours (s) | floor (s) "
+        "| case | images | size | method | in_memory | runs | jwst (s) | ours (s) | floor (s) "
         "| jwst/ours | ours/floor | peak jwst (MB) | peak ours (MB) |",
-        "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
             f"| {r['case']} | {r['n_images']} | {r['size']} | {r['method']} | {r['in_memory']} "
-            f"| {r['jwst_s']:.2f} | {r['ours_s']:.2f} | {r['floor_s']:.2f} | {r['speedup']:.2f} "
+            f"| {r['repeats']}/{r['reference_repeats']} | {r['jwst_s']:.2f} | {r['ours_s']:.2f} "
+            f"| {r['floor_s']:.2f} | {r['speedup']:.2f} "
             f"| {r['ours_over_floor']:.2f} | {r['jwst_peak_mb']:.0f} | {r['ours_peak_mb']:.0f} |"
         )
+    growth = _growth(rows)
+    if growth:
+        lines += [
+            "",
+            "Growth of wall time with N on the sparse series (least-squares slope of "
+            "log t against log N): " + growth + ".",
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _growth(rows):
+    """Exponent p of t ~ N^p over the sparse rows, for each runner."""
+    import math
+
+    sparse = sorted(
+        (r for r in rows if r["case"].startswith("sparse")), key=lambda r: r["n_images"]
+    )
+    parts = []
+    for key, label in (("ours_s", "ours"), ("jwst_s", "jwst"), ("floor_s", "floor")):
+        pts = [(math.log(r["n_images"]), math.log(r[key])) for r in sparse if r[key] == r[key]]
+        if len(pts) < 2:
+            continue
+        mx = sum(x for x, _ in pts) / len(pts)
+        my = sum(y for _, y in pts) / len(pts)
+        slope = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
+        ns = ", ".join(str(r["n_images"]) for r in sparse if r[key] == r[key])
+        parts.append(f"{label} N^{slope:.2f} (N = {ns})")
+    return "; ".join(parts)
 
 
 def _plot(rows, path):
