@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import scale_shift_wcs
-from skymatch_step._footprints import bounding_cap, image_footprint
-from skymatch_step._footprints import Cap
+from skymatch_step._footprints import Cap, bounding_cap, image_footprint
 from skymatch_step._overlaps import CapIndex, candidate_pairs
 from skymatch_step.exceptions import GeometryError
 

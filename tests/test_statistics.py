@@ -133,15 +133,15 @@ def test_invalid_settings(kwargs, message):
 @pytest.mark.parametrize("nclip", [3, 30])
 def test_converged_clipping_reuses_selection(monkeypatch, nclip):
     # Once the clipping limits stop changing which values are kept, later
-    # iterations reuse the previous selection instead of filtering again;
+    # iterations reuse the previous moments instead of filtering again;
     # the result is still ImageStats' to the bit.
     from skymatch_step import _statistics
 
     seen = []
     real = _statistics._clipped_moments
 
-    def spy(*args):
-        seen.append(real(*args))
+    def spy(*args, **kwargs):
+        seen.append(real(*args, **kwargs))
         return seen[-1]
 
     monkeypatch.setattr(_statistics, "_clipped_moments", spy)
@@ -152,5 +152,6 @@ def test_converged_clipping_reuses_selection(monkeypatch, nclip):
         value, npix = SkyStatistics(skystat=stat, nclip=nclip)(x)
         assert (value, npix) == _reference(x, stat, nclip=nclip, lsig=4.0, usig=4.0, binwidth=0.1)
         assert len(seen) == nclip + 1
+        assert not seen[0].reused
         if nclip == 30:
-            assert seen[-1].good is seen[-2].good
+            assert seen[-1].reused

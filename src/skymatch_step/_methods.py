@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -384,6 +385,20 @@ def _stat(stats, values):
     return value, int(npix)
 
 
+_WHOLE_IMAGE_TURN = threading.Lock()
+
+
+def _gather(data, mask, rows=256):
+    """``data[mask]`` as native float32, without a full-size temporary."""
+    out = np.empty(int(np.count_nonzero(mask)), dtype=np.float32)
+    pos = 0
+    for r in range(0, data.shape[0], rows):
+        block = data[r : r + rows][mask[r : r + rows]]
+        out[pos : pos + block.size] = block
+        pos += block.size
+    return out
+
+
 def _measure(image, k, stats, do_local, neighbours, pair_overlaps, groups, names):
     """Read one image's pixels once and compute all its statistics."""
     result = _Measurement()
@@ -397,7 +412,14 @@ def _measure(image, k, stats, do_local, neighbours, pair_overlaps, groups, names
         if not result.usable:
             return result
         if do_local:
-            result.local = _stat(stats, data[mask])
+            # One native float32 copy of the usable pixels (the statistics
+            # work in float32; data read from FITS is big-endian). Whole-
+            # image statistics need several image-sized temporaries, so
+            # threads take turns for them: memory stays that of one.
+            with _WHOLE_IMAGE_TURN:
+                values = _gather(data, mask)
+                result.local = _stat(stats, values)
+                del values
         for g, region in regions.items():
             if region.area == 0.0:
                 result.overlaps[g] = (None, 0, 0.0)

@@ -114,54 +114,60 @@ class SkyStatistics:
 
 
 class _Moments:
-    """Values within clipping limits and their moments (one iteration)."""
+    """Count, mean, std and range of the values within clipping limits."""
 
-    __slots__ = ("good", "hi32", "lo32", "max", "mean", "min", "n", "std")
+    __slots__ = ("first", "hi32", "lo32", "max", "mean", "min", "n", "reused", "std")
 
 
-def _clipped_moments(x, lo, hi, prev=None):
-    """Values of ``x`` within ``[lo, hi]`` and their count, mean and std.
+def _clipped_moments(x, lo, hi, prev=None, *, xmin=None, xmax=None):
+    """Moments of the values of ``x`` within ``[lo, hi]``.
 
     Follows ``computeMean`` of stsci.imagestats (float32 limits, double
-    sums, float32 results). ``prev``, the previous iteration's result,
-    saves work without changing any number: when the new limits lie
-    inside the previous ones the values are selected from the previous
-    selection (same values, same order), and when the selection cannot
-    have changed the moments are those of the previous iteration.
+    sums, float32 results). Two shortcuts change no number: when the
+    limits hold every value of ``x`` (``xmin``, ``xmax``: its range) the
+    values are used without a copy, and when the selection cannot differ
+    from ``prev`` (the previous iteration's) its moments are reused. The
+    selected copy is squared in place for the variance, so one image-sized
+    temporary is needed, not two.
     """
     m = _Moments()
     m.lo32 = np.float32(lo)
     m.hi32 = np.float32(hi)
+    m.reused = False
     nested = prev is not None and prev.lo32 <= m.lo32 and m.hi32 <= prev.hi32
     # The previous selection is kept whole when the new limits hold all of
     # it and either lie inside the previous limits or it was every value.
-    same = (
+    if (
         prev is not None
         and (nested or prev.n == x.size)
         and m.lo32 <= prev.min
         and prev.max <= m.hi32
-    )
-    if same:
-        m.good, m.n, m.mean, m.std, m.min, m.max = (
-            prev.good,
-            prev.n,
-            prev.mean,
-            prev.std,
-            prev.min,
-            prev.max,
-        )
+    ):
+        for name in ("first", "n", "mean", "std", "min", "max"):
+            setattr(m, name, getattr(prev, name))
+        m.reused = True
         return m
-    source = prev.good if nested else x
-    m.good = source[(source >= m.lo32) & (source <= m.hi32)]
-    m.n = m.good.size
+    if xmin is not None and m.lo32 <= xmin and xmax <= m.hi32:
+        good, owned = x, False
+    else:
+        keep = x >= m.lo32
+        np.logical_and(keep, x <= m.hi32, out=keep)
+        good, owned = x[keep], True
+        del keep
+    m.n = good.size
     if m.n == 0:
-        m.mean = m.std = m.min = m.max = 0.0
+        m.first = m.mean = m.std = m.min = m.max = 0.0
         return m
-    m.min = m.good.min()
-    m.max = m.good.max()
-    mean = np.float32(np.sum(m.good, dtype=np.float64) / m.n)
+    m.first = good[0]
+    m.min = good.min()
+    m.max = good.max()
+    mean = np.float32(np.sum(good, dtype=np.float64) / m.n)
     if m.n > 1:
-        d = m.good - mean
+        if owned:
+            d = good
+            np.subtract(d, mean, out=d)
+        else:
+            d = good - mean
         np.multiply(d, d, out=d)
         m.std = float(np.float32(np.sqrt(np.sum(d, dtype=np.float64) / (m.n - 1))))
     else:
@@ -216,7 +222,7 @@ def compute(values, settings):
     clipmin, clipmax = lower, upper
     moments = None
     for it in range(settings.nclip + 1):
-        moments = _clipped_moments(x, clipmin, clipmax, moments)
+        moments = _clipped_moments(x, clipmin, clipmax, moments, xmin=dmin, xmax=dmax)
         if moments.n <= 0:
             raise StatsError("no pixel values left inside the clipping limits")
         if it < settings.nclip:
@@ -224,7 +230,7 @@ def compute(values, settings):
             # (a single value has an undefined standard deviation).
             clipmin = max(lower, moments.mean - settings.lsigma * moments.std)
             clipmax = min(upper, moments.mean + settings.usigma * moments.std)
-    good, npix, mean, std = moments.good, moments.n, moments.mean, moments.std
+    npix, mean, std = moments.n, moments.mean, moments.std
     vmin, vmax = _range(moments, x[0])
 
     stat = settings.skystat
@@ -237,7 +243,7 @@ def compute(values, settings):
 
     if npix == 1:
         # Degenerate: a single value (see module docstring).
-        return float(good[0]), npix
+        return float(moments.first), npix
     hwidth = settings.binwidth * std
     drange = vmax - vmin
     if drange == 0.0:
@@ -256,25 +262,30 @@ def compute(values, settings):
     return _midpt(hist, vmin, vmax, hwidth), npix
 
 
+_HIST_CHUNK = 1 << 20
+
+
 def _histogram(x, nbins, dz, vmin):
     """Histogram as ``populate1DHist`` of stsci.imagestats (1.8.2 and later) fills it.
 
     float32 throughout: values in ``[start, stop)`` go to bin
     ``int((1 / width) * (value - start))``; an index that rounds up to
-    ``nbins`` is dropped.
+    ``nbins`` is dropped. Counted in chunks, to bound the temporaries.
     """
     width = np.float32(dz)
     start = np.float32(vmin)
     inv = np.float32(1.0) / width
     stop = min(start + width * nbins, np.float32(start + width * np.float32(nbins)))
-    sel = (x >= start) & (x < stop)
-    scaled = x[sel]
-    del sel
-    scaled -= start
-    scaled *= inv
-    idx = scaled.astype(np.intp)
-    del scaled
-    return np.bincount(idx, minlength=nbins)[:nbins].astype(np.uint32)
+    counts = np.zeros(nbins, dtype=np.int64)
+    for first in range(0, x.size, _HIST_CHUNK):
+        chunk = x[first : first + _HIST_CHUNK]
+        inside = chunk >= start
+        np.logical_and(inside, chunk < stop, out=inside)
+        scaled = chunk[inside]
+        scaled -= start
+        scaled *= inv
+        counts += np.bincount(scaled.astype(np.intp), minlength=nbins)[:nbins]
+    return counts.astype(np.uint32)
 
 
 def _mode(hist, nbins, vmin, hwidth):
