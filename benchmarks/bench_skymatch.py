@@ -224,6 +224,11 @@ def _format(r):
     )
 
 
+def _fmt(value, digits=2):
+    """A table cell: ``n/a`` for a runner that was not run (NaN)."""
+    return "n/a" if value != value else f"{value:.{digits}f}"
+
+
 def _table(rows, machine, argv):
     cmd = "python benchmarks/bench_skymatch.py " + " ".join(argv or sys.argv[1:])
     lines = [
@@ -239,9 +244,10 @@ def _table(rows, machine, argv):
     for r in rows:
         lines.append(
             f"| {r['case']} | {r['n_images']} | {r['size']} | {r['method']} | {r['in_memory']} "
-            f"| {r['repeats']}/{r['reference_repeats']} | {r['jwst_s']:.2f} | {r['ours_s']:.2f} "
-            f"| {r['floor_s']:.2f} | {r['speedup']:.2f} "
-            f"| {r['ours_over_floor']:.2f} | {r['jwst_peak_mb']:.0f} | {r['ours_peak_mb']:.0f} |"
+            f"| {r['repeats']}/{r['reference_repeats']} | {_fmt(r['jwst_s'])} "
+            f"| {_fmt(r['ours_s'])} | {_fmt(r['floor_s'])} | {_fmt(r['speedup'])} "
+            f"| {_fmt(r['ours_over_floor'])} | {_fmt(r['jwst_peak_mb'], 0)} "
+            f"| {_fmt(r['ours_peak_mb'], 0)} |"
         )
     growth = _growth(rows)
     if growth:
@@ -283,14 +289,29 @@ def _plot(rows, path):
         print("matplotlib not installed: no plot")
         return
     fig, ax = plt.subplots(figsize=(6, 4))
+    colours = {"jwst_s": "tab:red", "ours_s": "tab:blue", "floor_s": "tab:gray"}
     for size, marker in ((2048, "o"), (256, "s"), (128, "^")):
-        sel = [r for r in rows if r["size"] == size and r["in_memory"] and r["method"] == "match"]
+        # Ungrouped images only, so that each series has one point per N.
+        sel = [
+            r
+            for r in rows
+            if r["size"] == size
+            and r["in_memory"]
+            and r["method"] == "match"
+            and r["case"] != "grouped"
+        ]
         if not sel:
             continue
         sel.sort(key=lambda r: r["n_images"])
-        n = [r["n_images"] for r in sel]
         for key, label in (("jwst_s", "jwst"), ("ours_s", "skymatch_step"), ("floor_s", "floor")):
-            ax.plot(n, [r[key] for r in sel], marker=marker, label=f"{label} ({size}px)")
+            pts = [(r["n_images"], r[key]) for r in sel if r[key] == r[key]]
+            ax.plot(
+                [n for n, _ in pts],
+                [t for _, t in pts],
+                marker=marker,
+                color=colours[key],
+                label=f"{label} ({size}x{size})",
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("number of images")
