@@ -187,10 +187,6 @@ def _intersect_pair(fp_i, fp_j):
     return PairOverlap(first, second, failed)
 
 
-def _intersect_task(fp_i, fp_j):
-    return _intersect_pair(fp_i, fp_j)
-
-
 class PairIntersector:
     """Find and intersect overlapping footprints as the images arrive.
 
@@ -228,7 +224,7 @@ class PairIntersector:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def add(self, footprint, group, cap=None):
+    def add(self, footprint, group):
         """Add the next image's footprint; start its intersections.
 
         Parameters
@@ -236,19 +232,16 @@ class PairIntersector:
         footprint : SphericalPolygon
         group : hashable
             Sky group; images of one group are not intersected.
-        cap : Cap, optional
-            Bounding cap of ``footprint`` (computed if omitted).
 
         Returns
         -------
         int
             The image's index (order of addition).
         """
-        cap = bounding_cap(footprint) if cap is None else cap
         j = len(self._footprints)
         self._footprints.append(footprint)
         self._groups.append(group)
-        for i in self._index.add(cap):
+        for i in self._index.add(bounding_cap(footprint)):
             if self._groups[i] == group:
                 continue
             if self._workers > 1:
@@ -256,7 +249,7 @@ class PairIntersector:
                     from concurrent.futures import ProcessPoolExecutor
 
                     self._pool = ProcessPoolExecutor(max_workers=self._workers)
-                fut = self._pool.submit(_intersect_task, self._footprints[i], footprint)
+                fut = self._pool.submit(_intersect_pair, self._footprints[i], footprint)
                 self._pending[(i, j)] = fut
             else:
                 self._pending[(i, j)] = _intersect_pair(self._footprints[i], footprint)

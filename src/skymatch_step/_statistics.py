@@ -275,7 +275,9 @@ def _histogram(x, nbins, dz, vmin):
     width = np.float32(dz)
     start = np.float32(vmin)
     inv = np.float32(1.0) / width
-    stop = min(start + width * nbins, np.float32(start + width * np.float32(nbins)))
+    # The smaller of the Python-side upper value and the C-side edge, both
+    # float32 (numpy 1.x would promote the first to float64).
+    stop = min(np.float32(start + width * nbins), np.float32(start + width * np.float32(nbins)))
     counts = np.zeros(nbins, dtype=np.int64)
     for first in range(0, x.size, _HIST_CHUNK):
         chunk = x[first : first + _HIST_CHUNK]

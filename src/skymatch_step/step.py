@@ -127,17 +127,18 @@ class SkymatchStep(Step):
         )
         dqbits = _parse_dqbits(self.dqbits)
         start_levels = []
-        with _quick_collections(_is_on_disk(library)):
+        on_disk = _is_on_disk(library)
+        with _quick_collections(on_disk):
             with library:
                 result = match(
-                    self._engine_inputs(library, dqbits, start_levels),
+                    self._engine_inputs(library, dqbits, start_levels, on_disk),
                     skymethod=self.skymethod,
                     match_down=self.match_down,
                     stats=stats,
                     stepsize=self.stepsize,
                     workers=_n_workers(self.maximum_cores),
                 )
-            self._write_results(library, result, start_levels)
+            self._write_results(library, result, start_levels, on_disk)
         return library
 
     def _open_library(self, input_models):
@@ -158,7 +159,7 @@ class SkymatchStep(Step):
             raise ValueError("No images to process: the input is empty.")
         return _Library(output, on_disk=on_disk)
 
-    def _engine_inputs(self, library, dqbits, start_levels):
+    def _engine_inputs(self, library, dqbits, start_levels, on_disk):
         """Check each model and describe it to the engine, one at a time.
 
         A generator: the engine computes each footprint (and starts the
@@ -166,14 +167,15 @@ class SkymatchStep(Step):
         touched here. It raises, before any model is modified, if a model
         has no WCS, is not 2-D, or has background metadata inconsistent
         with ``subtract``; the start level of each model is appended to
-        ``start_levels``. The library must be open.
+        ``start_levels``. ``on_disk``: whether the library keeps its
+        models in files (each is then freed as soon as it is read). The
+        library must be open.
         """
         group_of = {}
         for label, indices in library.group_indices.items():
             for index in indices:
                 group_of[index] = label
         n = len(library)
-        on_disk = _is_on_disk(library)
         every = max(1, math.ceil(n / 5)) if n >= 20 else n + 1
         for index in range(n):
             with _LEDGER_LOCK:
@@ -222,8 +224,7 @@ class SkymatchStep(Step):
             )
         return float(bkg.level) if self.subtract else 0.0
 
-    def _write_results(self, library, result, start_levels):
-        on_disk = _is_on_disk(library)
+    def _write_results(self, library, result, start_levels, on_disk):
         with library:
             for index in range(len(library)):
                 model = library.borrow(index)
