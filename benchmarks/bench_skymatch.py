@@ -2,9 +2,13 @@
 
 Each run happens in a fresh subprocess (so peak memory is per run), timed
 around ``Step.call`` only. For every case the script alternates jwst, ours
-and the *floor* (opening every model through ModelLibrary once and taking
-one median per image, the least any ModelLibrary-based step pays) for
-``--repeats`` rounds and reports medians and the ratio jwst/ours.
+and two references for ``--repeats`` rounds: the *floor* (opening every
+model through ModelLibrary once and taking one median per image, the least
+any ModelLibrary-based step pays) and *open* (the opening alone, no
+statistic, through the library class our step uses). It reports medians,
+the ratio jwst/ours and jwst/open: the latter is the speed-up over jwst of
+a step that did nothing but open the models, the most any step which opens
+every model through the library can reach on the machine.
 
 Examples
 --------
@@ -60,12 +64,18 @@ def _run_one(which, asn, method, in_memory, cores):
 
         kwargs = {"maximum_cores": cores}
     start = time.perf_counter()
-    if which == "floor":
-        library = ModelLibrary(asn, on_disk=not in_memory)
+    if which in ("floor", "open"):
+        library_class = ModelLibrary
+        if which == "open":
+            # The library class our step opens associations with (it caches
+            # ``asn``, so it is faster than ModelLibrary for large N).
+            from skymatch_step.step import _Library as library_class
+        library = library_class(asn, on_disk=not in_memory)
         with library:
             for index in range(len(library)):
                 model = library.borrow(index)
-                np.median(model.data)
+                if which == "floor":
+                    np.median(model.data)
                 library.shelve(model, index, modify=False)
     else:
         Step.call(asn, skymethod=method, in_memory=in_memory, **kwargs)
@@ -107,11 +117,12 @@ def _simulate(name, n_exp, ndet, size, overlap, workdir, columns=None, seed=1):
 
 
 def _measure(asn, method, repeats, in_memory, cores, with_jwst=True, reference_rounds=None):
-    """Alternate jwst, ours and the floor; the references in the first rounds only."""
-    runs = {"jwst": [], "ours": [], "floor": []}
+    """Alternate jwst, ours and the references; these in the first rounds only."""
+    runs = {"jwst": [], "ours": [], "floor": [], "open": []}
     for k in range(repeats):
         refs = reference_rounds is None or k < reference_rounds
-        order = (["jwst"] if with_jwst and refs else []) + ["ours"] + (["floor"] if refs else [])
+        order = (["jwst"] if with_jwst and refs else []) + ["ours"]
+        order += ["floor", "open"] if refs else []
         for which in order:
             runs[which].append(_spawn(which, asn, method, in_memory, cores))
     return runs
@@ -195,8 +206,10 @@ def _row(name, n, size, method, in_memory, runs):
     jwst_t = _median(runs["jwst"], "seconds")
     ours_t = _median(runs["ours"], "seconds")
     floor_t = _median(runs["floor"], "seconds")
+    open_t = _median(runs["open"], "seconds")
     # Ratios of the runs made side by side (same round), then their median.
-    paired = [j["seconds"] / o["seconds"] for j, o in zip(runs["jwst"], runs["ours"], strict=False)]
+    paired = _paired_ratios(runs["jwst"], runs["ours"])
+    ceiling = _paired_ratios(runs["jwst"], runs["open"])
     return {
         "case": name,
         "n_images": n,
@@ -206,8 +219,10 @@ def _row(name, n, size, method, in_memory, runs):
         "jwst_s": jwst_t,
         "ours_s": ours_t,
         "floor_s": floor_t,
+        "open_s": open_t,
         "speedup": statistics.median(paired) if paired else float("nan"),
         "ours_over_floor": ours_t / floor_t,
+        "jwst_over_open": statistics.median(ceiling) if ceiling else float("nan"),
         "jwst_peak_mb": _median(runs["jwst"], "peak_mb"),
         "ours_peak_mb": _median(runs["ours"], "peak_mb"),
         "repeats": len(runs["ours"]),
@@ -215,11 +230,16 @@ def _row(name, n, size, method, in_memory, runs):
     }
 
 
+def _paired_ratios(numerators, denominators):
+    return [a["seconds"] / b["seconds"] for a, b in zip(numerators, denominators, strict=False)]
+
+
 def _format(r):
     return (
         f"{r['case']:>10s} N={r['n_images']:<5d} {r['method']:13s} in_memory={r['in_memory']!s:5s} "
         f"jwst={r['jwst_s']:7.2f}s ours={r['ours_s']:7.2f}s floor={r['floor_s']:7.2f}s "
-        f"speedup={r['speedup']:5.2f} ours/floor={r['ours_over_floor']:4.2f} "
+        f"open={r['open_s']:7.2f}s speedup={r['speedup']:5.2f} "
+        f"ours/floor={r['ours_over_floor']:4.2f} jwst/open={r['jwst_over_open']:5.2f} "
         f"peak jwst={r['jwst_peak_mb']:.0f}MB ours={r['ours_peak_mb']:.0f}MB"
     )
 
@@ -233,20 +253,25 @@ def _table(rows, machine, argv):
     cmd = "python benchmarks/bench_skymatch.py " + " ".join(argv or sys.argv[1:])
     lines = [
         f"Machine: {machine}. Command: `{cmd.strip()}`. Each run in a fresh process, "
-        "timed around `Step.call`; jwst, ours and the floor alternate. Times are medians; "
-        "jwst/ours is the median of the ratios of runs made side by side; runs = rounds "
-        "of ours / rounds with jwst and the floor.",
+        "timed around `Step.call`; jwst, ours, the floor (open every model through "
+        "ModelLibrary + one median per image) and open (the opening alone, through our "
+        "step's library class) alternate. "
+        "Times are medians; jwst/ours and jwst/open are medians of the ratios of runs made "
+        "side by side; jwst/open is the speed-up of a step that would only open the models; "
+        "runs = rounds of ours / rounds with jwst and the references.",
         "",
         "| case | images | size | method | in_memory | runs | jwst (s) | ours (s) | floor (s) "
-        "| jwst/ours | ours/floor | peak jwst (MB) | peak ours (MB) |",
-        "| --- | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| open (s) | jwst/ours | ours/floor | jwst/open | peak jwst (MB) | peak ours (MB) |",
+        "| --- | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | ---: |",
     ]
     for r in rows:
         lines.append(
             f"| {r['case']} | {r['n_images']} | {r['size']} | {r['method']} | {r['in_memory']} "
             f"| {r['repeats']}/{r['reference_repeats']} | {_fmt(r['jwst_s'])} "
-            f"| {_fmt(r['ours_s'])} | {_fmt(r['floor_s'])} | {_fmt(r['speedup'])} "
-            f"| {_fmt(r['ours_over_floor'])} | {_fmt(r['jwst_peak_mb'], 0)} "
+            f"| {_fmt(r['ours_s'])} | {_fmt(r['floor_s'])} | {_fmt(r['open_s'])} "
+            f"| {_fmt(r['speedup'])} | {_fmt(r['ours_over_floor'])} "
+            f"| {_fmt(r['jwst_over_open'])} | {_fmt(r['jwst_peak_mb'], 0)} "
             f"| {_fmt(r['ours_peak_mb'], 0)} |"
         )
     growth = _growth(rows)
@@ -267,7 +292,8 @@ def _growth(rows):
         (r for r in rows if r["case"].startswith("sparse")), key=lambda r: r["n_images"]
     )
     parts = []
-    for key, label in (("ours_s", "ours"), ("jwst_s", "jwst"), ("floor_s", "floor")):
+    runners = (("ours_s", "ours"), ("jwst_s", "jwst"), ("floor_s", "floor"), ("open_s", "open"))
+    for key, label in runners:
         pts = [(math.log(r["n_images"]), math.log(r[key])) for r in sparse if r[key] == r[key]]
         if len(pts) < 2:
             continue
@@ -289,7 +315,13 @@ def _plot(rows, path):
         print("matplotlib not installed: no plot")
         return
     fig, ax = plt.subplots(figsize=(6, 4))
-    colours = {"jwst_s": "tab:red", "ours_s": "tab:blue", "floor_s": "tab:gray"}
+    colours = {"jwst_s": "tab:red", "ours_s": "tab:blue", "floor_s": "tab:gray", "open_s": "0.7"}
+    runners = (
+        ("jwst_s", "jwst"),
+        ("ours_s", "skymatch_step"),
+        ("floor_s", "floor"),
+        ("open_s", "open only"),
+    )
     for size, marker in ((2048, "o"), (256, "s"), (128, "^")):
         # Ungrouped images only, so that each series has one point per N.
         sel = [
@@ -303,7 +335,7 @@ def _plot(rows, path):
         if not sel:
             continue
         sel.sort(key=lambda r: r["n_images"])
-        for key, label in (("jwst_s", "jwst"), ("ours_s", "skymatch_step"), ("floor_s", "floor")):
+        for key, label in runners:
             pts = [(r["n_images"], r[key]) for r in sel if r[key] == r[key]]
             ax.plot(
                 [n for n, _ in pts],

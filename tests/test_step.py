@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -238,6 +239,28 @@ def test_runs_offline_without_crds_variables(table1_models, monkeypatch):
     assert dict(config) == {}
     result = SkymatchStep.call(table1_models, skymethod="match")
     np.testing.assert_allclose(_levels(result), TABLE1["match"], atol=1e-9)
+
+
+def test_building_the_configuration_reads_no_member(tmp_path, caplog):
+    # stpipe asks for CRDS parameters before each run; the step uses none,
+    # so it must not open the association's members for them (jwst's step
+    # reads the first member's metadata). The member here does not exist.
+    asn = tmp_path / "asn.json"
+    asn.write_text(
+        json.dumps(
+            {
+                "asn_id": "a1",
+                "asn_pool": "none",
+                "products": [
+                    {"name": "p", "members": [{"expname": "absent_cal.fits", "exptype": "science"}]}
+                ],
+            }
+        )
+    )
+    with caplog.at_level(logging.WARNING):
+        config, _ = SkymatchStep.build_config(str(asn))
+    assert dict(config) == {}
+    assert caplog.records == []
 
 
 def test_jwst_parameter_file_runs_unchanged(table1_models, tmp_path):

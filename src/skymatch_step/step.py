@@ -82,6 +82,13 @@ class SkymatchStep(Step):
     def _get_config_from_parameters(cls, crds_parameters, crds_observatory):
         return cls._empty_config()
 
+    @classmethod
+    def _get_crds_parameters(cls, dataset):
+        # stpipe asks for these before every run even though no CRDS lookup
+        # follows; jwst's version opens a library on an association just to
+        # read the first member's metadata. Nothing is read here.
+        return {}, "jwst"
+
     @staticmethod
     def get_stpipe_loggers():
         """Name the loggers whose messages stpipe shows, this package's included.
