@@ -24,6 +24,7 @@ Smoke test (seconds; CI runs this, never as a timing assertion)::
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -193,10 +194,14 @@ def main(argv=None):
             rows.append(_row(name, n, 256, "match", True, runs))
             print(_format(rows[-1]), flush=True)
 
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"jwst {importlib.metadata.version('jwst')}"
+    )
     (outdir / "latest.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
     table = _table(rows, machine, argv)
     (outdir / "latest.md").write_text(table)
+    (outdir / "latest.rst").write_text(_table(rows, machine, argv, rst=True))
     print("\n" + table)
     _plot(rows, outdir / "latest.png")
     return 0
@@ -249,31 +254,69 @@ def _fmt(value, digits=2):
     return "n/a" if value != value else f"{value:.{digits}f}"
 
 
-def _table(rows, machine, argv):
-    cmd = "python benchmarks/bench_skymatch.py " + " ".join(argv or sys.argv[1:])
+_HEADER = (
+    "case",
+    "images",
+    "size",
+    "method",
+    "in_memory",
+    "runs",
+    "jwst (s)",
+    "ours (s)",
+    "floor (s)",
+    "open (s)",
+    "jwst/ours",
+    "ours/floor",
+    "jwst/open",
+    "peak jwst (MB)",
+    "peak ours (MB)",
+)
+
+
+def _cells(r):
+    return (
+        r["case"],
+        str(r["n_images"]),
+        str(r["size"]),
+        r["method"],
+        str(r["in_memory"]),
+        f"{r['repeats']}/{r['reference_repeats']}",
+        _fmt(r["jwst_s"]),
+        _fmt(r["ours_s"]),
+        _fmt(r["floor_s"]),
+        _fmt(r["open_s"]),
+        _fmt(r["speedup"]),
+        _fmt(r["ours_over_floor"]),
+        _fmt(r["jwst_over_open"]),
+        _fmt(r["jwst_peak_mb"], 0),
+        _fmt(r["ours_peak_mb"], 0),
+    )
+
+
+def _table(rows, machine, argv, rst=False):
+    """The results as a Markdown table, or a reST list-table for the docs."""
+    cmd = ("python benchmarks/bench_skymatch.py " + " ".join(argv or sys.argv[1:])).strip()
+    quote = "``" if rst else "`"
     lines = [
-        f"Machine: {machine}. Command: `{cmd.strip()}`. Each run in a fresh process, "
-        "timed around `Step.call`; jwst, ours, the floor (open every model through "
-        "ModelLibrary + one median per image) and open (the opening alone, through our "
-        "step's library class) alternate. "
-        "Times are medians; jwst/ours and jwst/open are medians of the ratios of runs made "
-        "side by side; jwst/open is the speed-up of a step that would only open the models; "
-        "runs = rounds of ours / rounds with jwst and the references.",
+        f"Machine: {machine}. Command: {quote}{cmd}{quote}. Each run in a fresh process, "
+        f"timed around {quote}Step.call{quote}; jwst, ours, the floor (open every model "
+        "through ModelLibrary + one median per image) and open (the opening alone, through "
+        "our step's library class) alternate. Times are medians; jwst/ours and jwst/open "
+        "are medians of the ratios of runs made side by side; jwst/open is the speed-up of "
+        "a step that would only open the models; runs = rounds of ours / rounds with jwst "
+        "and the references.",
         "",
-        "| case | images | size | method | in_memory | runs | jwst (s) | ours (s) | floor (s) "
-        "| open (s) | jwst/ours | ours/floor | jwst/open | peak jwst (MB) | peak ours (MB) |",
-        "| --- | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| ---: | ---: |",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['case']} | {r['n_images']} | {r['size']} | {r['method']} | {r['in_memory']} "
-            f"| {r['repeats']}/{r['reference_repeats']} | {_fmt(r['jwst_s'])} "
-            f"| {_fmt(r['ours_s'])} | {_fmt(r['floor_s'])} | {_fmt(r['open_s'])} "
-            f"| {_fmt(r['speedup'])} | {_fmt(r['ours_over_floor'])} "
-            f"| {_fmt(r['jwst_over_open'])} | {_fmt(r['jwst_peak_mb'], 0)} "
-            f"| {_fmt(r['ours_peak_mb'], 0)} |"
-        )
+    if rst:
+        lines += [".. list-table::", "   :header-rows: 1", ""]
+        for cells in (_HEADER, *(_cells(r) for r in rows)):
+            lines.append(f"   * - {cells[0]}")
+            lines += [f"     - {c}" for c in cells[1:]]
+    else:
+        text = ("case", "method", "in_memory", "runs")
+        lines.append("| " + " | ".join(_HEADER) + " |")
+        lines.append("| " + " | ".join("---" if h in text else "---:" for h in _HEADER) + " |")
+        lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
     growth = _growth(rows)
     if growth:
         lines += [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from jwst.datamodels import ModelLibrary
 from stdatamodels.jwst import datamodels
 
 from skymatch_step import SkymatchImage3Pipeline, SkymatchStep
@@ -67,3 +68,24 @@ def test_image3_mosaic_has_matched_sky_removed(tmp_path, offline):
     with datamodels.open(crf[0]) as model:
         assert model.meta.cal_step.skymatch == "COMPLETE"
         assert model.meta.background.method == "match"
+
+
+def test_pipeline_library_reads_its_association_once(tmp_path, offline):
+    # jwst's ModelLibrary rebuilds a read-only view of the whole association
+    # at every access (several per model borrowed); the pipeline's library
+    # builds it once and keeps jwst's behaviour otherwise.
+    spec = MosaicSpec(n_exposures=3, shape=(32, 32), n_stars=0, seed=3)
+    truth = write_mosaic(spec, tmp_path, product_name="few")
+    library = SkymatchImage3Pipeline()._load_input_as_library(str(truth.asn_path))
+    assert isinstance(library, ModelLibrary)
+    assert library.asn is library.asn
+    assert library.asn["products"][0]["name"] == "few"
+    assert len(library) == 3
+    with library:
+        model = library.borrow(1)
+        assert model.meta.filename == truth.files[1].name
+        library.shelve(model, 1, modify=False)
+    # a library passed in is used as it is
+    given = ModelLibrary(str(truth.asn_path))
+    assert SkymatchImage3Pipeline()._load_input_as_library(given) is given
+    assert type(given) is ModelLibrary

@@ -6,10 +6,11 @@ import logging
 import os
 from typing import ClassVar
 
+from jwst.datamodels import ModelLibrary
 from jwst.pipeline import Image3Pipeline
 from stpipe.step import get_disable_crds_steppars
 
-from .step import SkymatchStep
+from .step import SkymatchStep, _Library
 
 __all__ = ["SkymatchImage3Pipeline"]
 
@@ -26,6 +27,11 @@ class SkymatchImage3Pipeline(Image3Pipeline):
     CRDS is configured (``CRDS_SERVER_URL`` or ``CRDS_PATH`` is set) and
     ``STPIPE_DISABLE_CRDS_STEPPARS`` does not disable them; otherwise the
     pipeline runs offline with default parameters.
+
+    The library the pipeline creates from its input builds its read-only
+    association view once, as the step's own libraries do (jwst's rebuilds
+    it several times per model borrowed, which is O(N^2) in every step of
+    the pipeline). A `ModelLibrary` passed in is used as it is.
     """
 
     step_defs: ClassVar[dict] = {**Image3Pipeline.step_defs, "skymatch": SkymatchStep}
@@ -53,6 +59,14 @@ class SkymatchImage3Pipeline(Image3Pipeline):
         return super().get_config_from_reference(
             dataset, disable=disable, crds_observatory=crds_observatory
         )
+
+    def _load_input_as_library(self, input_data):
+        library = super()._load_input_as_library(input_data)
+        if library is not input_data and type(library) is ModelLibrary:
+            # _Library adds no state, only a cached ``asn`` view, so the
+            # library jwst just built can take its class.
+            library.__class__ = _Library
+        return library
 
     @staticmethod
     def get_stpipe_loggers():
