@@ -44,6 +44,8 @@ CASES = {
 }
 SPARSE_SIZES = (100, 300, 1000)
 SMOKE = {"smoke": (4, 1, 128, ("match",), 0.15)}
+# What each round runs: jwst's step, ours, and the two references.
+RUNNERS = ("jwst", "ours", "floor", "open")
 
 
 def _run_one(which, asn, method, in_memory, cores):
@@ -119,7 +121,7 @@ def _simulate(name, n_exp, ndet, size, overlap, workdir, columns=None, seed=1):
 
 def _measure(asn, method, repeats, in_memory, cores, with_jwst=True, reference_rounds=None):
     """Alternate jwst, ours and the references; these in the first rounds only."""
-    runs = {"jwst": [], "ours": [], "floor": [], "open": []}
+    runs = {which: [] for which in RUNNERS}
     for k in range(repeats):
         refs = reference_rounds is None or k < reference_rounds
         order = (["jwst"] if with_jwst and refs else []) + ["ours"]
@@ -335,8 +337,8 @@ def _growth(rows):
         (r for r in rows if r["case"].startswith("sparse")), key=lambda r: r["n_images"]
     )
     parts = []
-    runners = (("ours_s", "ours"), ("jwst_s", "jwst"), ("floor_s", "floor"), ("open_s", "open"))
-    for key, label in runners:
+    for label in RUNNERS:
+        key = f"{label}_s"
         pts = [(math.log(r["n_images"]), math.log(r[key])) for r in sparse if r[key] == r[key]]
         if len(pts) < 2:
             continue
@@ -358,13 +360,8 @@ def _plot(rows, path):
         print("matplotlib not installed: no plot")
         return
     fig, ax = plt.subplots(figsize=(6, 4))
-    colours = {"jwst_s": "tab:red", "ours_s": "tab:blue", "floor_s": "tab:gray", "open_s": "0.7"}
-    runners = (
-        ("jwst_s", "jwst"),
-        ("ours_s", "skymatch_step"),
-        ("floor_s", "floor"),
-        ("open_s", "open only"),
-    )
+    colours = {"jwst": "tab:red", "ours": "tab:blue", "floor": "tab:gray", "open": "0.7"}
+    labels = {"ours": "skymatch_step", "open": "open only"}
     for size, marker in ((2048, "o"), (256, "s"), (128, "^")):
         # Ungrouped images only, so that each series has one point per N.
         sel = [
@@ -378,14 +375,15 @@ def _plot(rows, path):
         if not sel:
             continue
         sel.sort(key=lambda r: r["n_images"])
-        for key, label in runners:
+        for which in RUNNERS:
+            key = f"{which}_s"
             pts = [(r["n_images"], r[key]) for r in sel if r[key] == r[key]]
             ax.plot(
                 [n for n, _ in pts],
                 [t for _, t in pts],
                 marker=marker,
-                color=colours[key],
-                label=f"{label} ({size}x{size})",
+                color=colours[which],
+                label=f"{labels.get(which, which)} ({size}x{size})",
             )
     ax.set_xscale("log")
     ax.set_yscale("log")

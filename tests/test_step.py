@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -245,18 +244,7 @@ def test_building_the_configuration_reads_no_member(tmp_path, caplog):
     # stpipe asks for CRDS parameters before each run; the step uses none,
     # so it must not open the association's members for them (jwst's step
     # reads the first member's metadata). The member here does not exist.
-    asn = tmp_path / "asn.json"
-    asn.write_text(
-        json.dumps(
-            {
-                "asn_id": "a1",
-                "asn_pool": "none",
-                "products": [
-                    {"name": "p", "members": [{"expname": "absent_cal.fits", "exptype": "science"}]}
-                ],
-            }
-        )
-    )
+    asn = write_association([tmp_path / "absent_cal.fits"], tmp_path / "asn.json")
     with caplog.at_level(logging.WARNING):
         config, _ = SkymatchStep.build_config(str(asn))
     assert dict(config) == {}
