@@ -132,6 +132,14 @@ class SkyResult:
         each group belongs to; empty otherwise.
     footprints : list of SphericalPolygon
         The footprint of each image on the sky.
+    names : list of str
+        Each image's identifier (``str(ImageInput.id)``).
+    group_labels : list
+        Each group's label (the ``group`` of its images; for an image
+        without a group, its own name).
+    pairs : list of PairRecord
+        For the matching methods, every overlapping pair of groups: what
+        was measured and how the fit used it (see `PairRecord`).
     """
 
     method: str
@@ -141,6 +149,9 @@ class SkyResult:
     groups: list[int]
     sets: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
     footprints: list = field(default_factory=list)
+    names: list = field(default_factory=list)
+    group_labels: list = field(default_factory=list)
+    pairs: list = field(default_factory=list)
 
     def group_footprint(self, group):
         """Footprint of a sky group: the union of its images' footprints.
