@@ -21,19 +21,24 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._footprints import image_footprint, union_footprint
+from ._differences import DifferenceCollector
 from ._overlaps import PairIntersector, overlap_regions, region_mask
-from ._solver import connected_sets, solve_offsets
+from ._pairs import PairRecord
+from ._solver import connected_sets, fit_offsets
 from ._statistics import SkyStatistics, StatsError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-__all__ = ["SKYMETHODS", "ImageInput", "SkyResult", "match"]
+__all__ = ["COMPARISONS", "SKYMETHODS", "ImageInput", "SkyResult", "match"]
 
 log = logging.getLogger(__name__)
 
 #: Sky methods computed by the engine ('user' is handled by the step).
 SKYMETHODS = ("local", "global", "match", "global+match")
+
+#: How overlapping groups are compared (see `match`).
+COMPARISONS = ("statistics", "differences")
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,38 @@ class _Measurement:
     overlaps: dict = field(default_factory=dict)  # group -> (value|None, npix, area)
 
 
+@dataclass
+class _Layout:
+    """The images, their groups, footprints and overlapping pairs."""
+
+    images: list
+    names: list
+    groups: list
+    group_labels: list
+    footprints: list
+    pairs: list
+    pair_overlaps: dict
+
+    @property
+    def ngroups(self):
+        return len(self.group_labels)
+
+    def members(self):
+        out = [[] for _ in range(self.ngroups)]
+        for k, g in enumerate(self.groups):
+            out[g].append(k)
+        return out
+
+    def neighbours(self):
+        out = [[] for _ in self.images]
+        for i, j in self.pairs:
+            out[i].append(j)
+            out[j].append(i)
+        for nb in out:
+            nb.sort()
+        return out
+
+
 def match(
     images: Iterable[ImageInput],
     *,
@@ -200,6 +237,11 @@ def match(
     stats: SkyStatistics | None = None,
     stepsize: int | None = None,
     workers: int = 1,
+    compare: str = "statistics",
+    anchor_sets: bool = False,
+    min_pair_pixels: int = 1,
+    reject_sigma: float | None = None,
+    reject_iterations: int = 10,
 ) -> SkyResult:
     """Compute or equalize the sky of overlapping images.
 
@@ -224,141 +266,335 @@ def match(
     workers : int
         Number of worker processes intersecting footprints and of threads
         measuring images. The results do not depend on it.
+    compare : {'statistics', 'differences'}
+        How two overlapping groups are compared. ``statistics`` (jwst's
+        way): each group's sky statistic over the overlap polygon.
+        ``differences``: the pixel differences of the two groups at the
+        same sky positions (robust median, with an error that weights the
+        pair in the fit).
+    anchor_sets : bool
+        Match each set of mutually overlapping groups on its own: with
+        ``match`` each set's lowest (or highest) offset is zero, with
+        ``global+match`` each set gets its own global level.
+    min_pair_pixels : int
+        Pairs measured on fewer usable pixels (on either side) are left out
+        of the fit.
+    reject_sigma : float or None
+        Leave out of the fit, iteratively, pairs whose normalized residual
+        exceeds this; `None` keeps every pair.
+    reject_iterations : int
+        Largest number of rejection rounds.
 
     Returns
     -------
     SkyResult
     """
-    if skymethod not in SKYMETHODS:
-        raise ValueError(
-            f"Unknown skymethod {skymethod!r}; valid choices are {', '.join(SKYMETHODS)}."
-        )
+    _check_options(skymethod, compare, min_pair_pixels, reject_sigma, reject_iterations)
     stats = SkyStatistics() if stats is None else stats
     do_match = "match" in skymethod
     do_local = skymethod != "match"
 
-    # First pass, over the image descriptions only (``images`` may be a
-    # generator that reads them): footprints, which are small and stay in
-    # memory, and the intersections of overlapping footprints, which run
-    # in worker processes while the next images are read. Like jwst, every
-    # method builds the footprints, so a broken WCS is always reported.
+    layout = _read_layout(images, stepsize, workers if do_match else 1, do_match)
+    log.info(
+        "Sky method %r on %d image(s) in %d group(s)%s.",
+        skymethod,
+        len(layout.images),
+        layout.ngroups,
+        f", matching {'down' if match_down else 'up'} by {compare}" if do_match else "",
+    )
+    if do_match:
+        log.info("%d pair(s) of images in different groups may overlap.", len(layout.pairs))
+    differences = None
+    if do_match and compare == "differences":
+        differences = DifferenceCollector(
+            layout.images,
+            layout.pairs,
+            layout.pair_overlaps,
+            layout.groups,
+            nclip=stats.nclip,
+            lsigma=stats.lsigma,
+            usigma=stats.usigma,
+            lower=stats.lower,
+            upper=stats.upper,
+            names=layout.names,
+        )
+    measurements = _measure_all(layout, stats, do_local, do_match, differences, workers)
+
+    valid = np.array([m.usable for m in measurements], dtype=bool)
+    reasons = [
+        "" if ok else "it has no usable pixels (all NaN, flagged or masked)" for ok in valid
+    ]
+    members = layout.members()
+    group_local = _group_local(measurements, members) if do_local else [None] * layout.ngroups
+
+    sets = np.zeros(0, dtype=int)
+    deltas = np.zeros(layout.ngroups)
+    records = []
+    if do_match:
+        if differences is not None:
+            records = _difference_records(differences.results())
+        else:
+            records = _statistics_records(measurements, members, layout.groups)
+        deltas, sets = _fit(records, layout, min_pair_pixels, reject_sigma, reject_iterations)
+        _report_sets(sets, deltas, members, layout.names, anchor_sets)
+        _anchor(deltas, sets if anchor_sets else None, match_down)
+
+    group_terms, group_ok = _group_terms(
+        skymethod, group_local, deltas, sets if anchor_sets else None
+    )
+    terms = []
+    for k, g in enumerate(layout.groups):
+        terms.append(group_terms[g])
+        if valid[k] and not group_ok[g]:
+            valid[k] = False
+            reasons[k] = _group_reason(skymethod)
+    for k in np.flatnonzero(~valid):
+        log.warning("Image %s: sky not computed because %s.", layout.names[k], reasons[k])
+    return SkyResult(
+        method=skymethod,
+        terms=terms,
+        valid=valid,
+        reasons=reasons,
+        groups=layout.groups,
+        sets=sets,
+        footprints=layout.footprints,
+        names=layout.names,
+        group_labels=layout.group_labels,
+        pairs=records,
+    )
+
+
+def _check_options(skymethod, compare, min_pair_pixels, reject_sigma, reject_iterations):
+    if skymethod not in SKYMETHODS:
+        raise ValueError(
+            f"Unknown skymethod {skymethod!r}; valid choices are {', '.join(SKYMETHODS)}."
+        )
+    if compare not in COMPARISONS:
+        raise ValueError(
+            f"Unknown compare {compare!r}; valid choices are {', '.join(COMPARISONS)}."
+        )
+    if int(min_pair_pixels) != min_pair_pixels or min_pair_pixels < 1:
+        raise ValueError(f"min_pair_pixels={min_pair_pixels!r} must be a positive integer.")
+    if reject_sigma is not None and not (np.isfinite(reject_sigma) and reject_sigma > 0):
+        raise ValueError(f"reject_sigma={reject_sigma!r} must be a positive number or None.")
+    if int(reject_iterations) != reject_iterations or reject_iterations < 1:
+        raise ValueError(f"reject_iterations={reject_iterations!r} must be a positive integer.")
+
+
+def _read_layout(images, stepsize, workers, do_match):
+    """First pass, over the image descriptions only.
+
+    ``images`` may be a generator that reads them. The footprints are
+    small and stay in memory; the intersections of overlapping footprints
+    run in worker processes while the next images are read. Like jwst,
+    every method builds the footprints, so a broken WCS is always
+    reported.
+    """
     inputs = []
     names = []
     labels: dict = {}
+    group_labels = []
     groups = []
     footprints = []
-    with PairIntersector(workers if do_match else 1) as intersector:
+    with PairIntersector(workers) as intersector:
         for k, im in enumerate(images):
             inputs.append(im)
             names.append(str(im.id))
             key = ("__own__", k) if im.group is None else im.group
-            groups.append(labels.setdefault(key, len(labels)))
+            if key not in labels:
+                labels[key] = len(labels)
+                group_labels.append(names[k] if im.group is None else im.group)
+            groups.append(labels[key])
             footprints.append(image_footprint(im.shape, im.forward, stepsize, name=names[k]))
             if do_match:
                 intersector.add(footprints[k], groups[k])
         if not inputs:
             raise ValueError("No images to match: the input is empty.")
-        images = inputs
-        ngroups = len(labels)
-        log.info(
-            "Sky method %r on %d image(s) in %d group(s)%s.",
-            skymethod,
-            len(images),
-            ngroups,
-            f", matching {'down' if match_down else 'up'}" if do_match else "",
-        )
         pairs, pair_overlaps = intersector.results(names) if do_match else ([], {})
-    members = [[] for _ in range(ngroups)]
-    for k, g in enumerate(groups):
-        members[g].append(k)
-    neighbours = [[] for _ in images]
-    for i, j in pairs:
-        neighbours[i].append(j)
-        neighbours[j].append(i)
-    for nb in neighbours:
-        nb.sort()
-    if do_match:
-        log.info("%d pair(s) of images in different groups may overlap.", len(pairs))
+    return _Layout(inputs, names, groups, group_labels, footprints, pairs, pair_overlaps)
+
+
+def _measure_all(layout, stats, do_local, do_match, differences, workers):
+    """Second pass: read every image's pixels once, in ``workers`` threads."""
+    neighbours = layout.neighbours()
+    overlap_stats = do_match and differences is None
 
     def measure(k):
-        return _measure(images[k], k, stats, do_local, neighbours[k], pair_overlaps, groups, names)
+        try:
+            return _measure(
+                layout.images[k],
+                k,
+                stats,
+                do_local,
+                neighbours[k] if overlap_stats else [],
+                layout.pair_overlaps,
+                layout.groups,
+                layout.names,
+                differences,
+            )
+        except BaseException:
+            if differences is not None:
+                differences.abort()
+            raise
 
-    measurements = _run(measure, len(images), workers)
+    return _run(measure, len(layout.images), workers)
 
-    valid = np.ones(len(images), dtype=bool)
-    reasons = [""] * len(images)
+
+def _group_local(measurements, members):
+    """Lowest sky among each group's members (None where unmeasurable)."""
+    out = []
+    for idx in members:
+        vals = [measurements[k].local[0] for k in idx if measurements[k].local is not None]
+        out.append(min(vals) if vals else None)
+    return out
+
+
+def _fit(records, layout, min_pair_pixels, reject_sigma, reject_iterations):
+    """Fit the group offsets to the pair records; fill in their fit columns.
+
+    Returns the offsets (NaN for groups left out of every used pair) and
+    the connected set of every group through the pairs used.
+    """
+    equations = [(r.a, r.b, r.difference, 0.0, r.weight) for r in records]
+    errors = None
+    if records and all(np.isfinite(r.error) for r in records):
+        errors = [r.error for r in records]
+    fit = fit_offsets(
+        equations,
+        layout.ngroups,
+        npix=[min(r.npix_a, r.npix_b) for r in records],
+        errors=errors,
+        min_pixels=min_pair_pixels,
+        reject_sigma=reject_sigma,
+        max_iterations=reject_iterations,
+    )
+    for k, r in enumerate(records):
+        r.fitted = float(fit.fitted[k])
+        r.residual = float(fit.residuals[k])
+        r.normalized = float(fit.normalized[k])
+        r.rejected = fit.rejected[k]
+    _report_rejections(records, layout.group_labels)
+    used = [eq for eq, r in zip(equations, records, strict=True) if not r.rejected]
+    return np.array(fit.offsets, dtype=float), connected_sets(used, layout.ngroups)
+
+
+def _statistics_records(measurements, members, groups):
+    """Pair records from each group's statistic in the overlaps (jwst's way)."""
+    linked = set()
     for k, m in enumerate(measurements):
-        if not m.usable:
-            valid[k] = False
-            reasons[k] = "it has no usable pixels (all NaN, flagged or masked)"
+        for h in m.overlaps:
+            g = groups[k]
+            linked.add((min(g, h), max(g, h)))
+    records = []
+    for i, j in sorted(linked):
+        a = _group_overlap(i, j, members, measurements)
+        b = _group_overlap(j, i, members, measurements)
+        if a is None or b is None:
+            continue
+        # jwst's equation: d_i - d_j = s_i - s_j, weighted by the mean pixel
+        # count. The difference is taken in float64 whatever the scalar type.
+        records.append(
+            PairRecord(
+                a=i,
+                b=j,
+                npix_a=int(a[1]),
+                npix_b=int(b[1]),
+                value_a=float(a[0]),
+                value_b=float(b[0]),
+                difference=float(a[0]) - float(b[0]),
+                error=float("nan"),
+                weight=0.5 * (float(b[1]) + float(a[1])),
+            )
+        )
+    return records
 
-    # Lowest sky among each group's members (None where unmeasurable).
-    group_local = [None] * ngroups
-    if do_local:
-        for g, idx in enumerate(members):
-            vals = [measurements[k].local[0] for k in idx if measurements[k].local is not None]
-            if vals:
-                group_local[g] = min(vals)
 
-    sets = np.zeros(0, dtype=int)
-    deltas = np.zeros(ngroups)
-    if do_match:
-        pairs = _pair_equations(measurements, members, groups)
-        deltas = solve_offsets(pairs, ngroups)
-        sets = connected_sets(pairs, ngroups)
-        _report_sets(sets, deltas, members, names)
-        finite = np.isfinite(deltas)
-        if finite.any():
-            ref = deltas[finite].min() if match_down else deltas[finite].max()
-            deltas[finite] -= ref
+def _difference_records(differences):
+    """Pair records from pixel differences: weight 1/error."""
+    return [
+        PairRecord(
+            a=d.a,
+            b=d.b,
+            npix_a=int(d.npix),
+            npix_b=int(d.npix),
+            value_a=float("nan"),
+            value_b=float("nan"),
+            difference=float(d.difference),
+            error=float(d.error),
+            weight=1.0 / float(d.error),
+        )
+        for d in differences
+    ]
 
+
+def _anchor(deltas, sets, match_down):
+    """Shift the offsets so that the lowest (or highest) is zero.
+
+    With ``sets`` (``anchor_sets``), each connected set is shifted on its
+    own; otherwise one shift applies to all (jwst). In place.
+    """
+    finite = np.isfinite(deltas)
+    if not finite.any():
+        return
+    pick = np.min if match_down else np.max
+    if sets is None:
+        deltas[finite] -= pick(deltas[finite])
+        return
+    for label in np.unique(sets[finite]):
+        where = finite & (sets == label)
+        deltas[where] -= pick(deltas[where])
+
+
+def _group_terms(skymethod, group_local, deltas, sets):
+    """The sky terms of every group and whether they could be determined."""
     has_local = np.array([v is not None for v in group_local], dtype=bool)
     matched = np.isfinite(deltas)
     # Offsets as Python floats (jwst's type), so that sums and subtractions
     # round as they do there.
     offsets = [float(d) if ok else 0.0 for d, ok in zip(deltas, matched, strict=True)]
     if skymethod == "local":
-        group_terms = [(v,) for v in group_local]
-        group_ok = has_local
-    elif skymethod == "match":
-        group_terms = [(d,) for d in offsets]
-        group_ok = matched
-    else:
-        # 'global' and 'global+match': lowest sky left after the offsets
-        # (a group left out of the matching keeps offset 0, as in jwst).
-        remaining = [v - d for v, d in zip(group_local, offsets, strict=True) if v is not None]
-        minsky = min(remaining) if remaining else None
-        if minsky is not None:
-            log.info("Global sky level: %.6g", minsky)
+        return [(v,) for v in group_local], has_local
+    if skymethod == "match":
+        return [(d,) for d in offsets], matched
+    # 'global' and 'global+match': lowest sky left after the offsets (a
+    # group left out of the matching keeps offset 0, as in jwst), over all
+    # groups or, with anchored sets, over each set.
+    minsky = _global_levels(group_local, offsets, sets)
+    if skymethod == "global":
+        ok = has_local & np.array([m is not None for m in minsky], dtype=bool)
+        return [(m,) for m in minsky], ok
+    terms = []
+    ok = np.zeros(len(offsets), dtype=bool)
+    for g, (d, m) in enumerate(zip(offsets, minsky, strict=True)):
+        if m is not None:
+            terms.append((d, m))
+            ok[g] = has_local[g] or matched[g]
+        else:
+            terms.append((d,))
+            ok[g] = matched[g]
+    return terms, ok
+
+
+def _global_levels(group_local, offsets, sets):
+    """Global level of each group: the lowest sky left after the offsets."""
+    n = len(group_local)
+    if sets is not None and len(sets) == 0:
+        sets = None
+    keys = [0] * n if sets is None else [int(s) for s in sets]
+    lowest: dict = {}
+    for key, v, d in zip(keys, group_local, offsets, strict=True):
+        if v is not None:
+            left = v - d
+            lowest[key] = left if key not in lowest else min(lowest[key], left)
+    if sets is None:
+        if 0 in lowest:
+            log.info("Global sky level: %.6g", lowest[0])
         else:
             log.warning("Unable to compute a global sky level: no image has a measurable sky.")
-        if skymethod == "global":
-            group_terms = [(minsky,)] * ngroups
-            group_ok = has_local & (minsky is not None)
-        elif minsky is not None:
-            group_terms = [(d, minsky) for d in offsets]
-            group_ok = has_local | matched
-        else:
-            group_terms = [(d,) for d in offsets]
-            group_ok = matched
-
-    terms = []
-    for k, g in enumerate(groups):
-        terms.append(group_terms[g])
-        if valid[k] and not group_ok[g]:
-            valid[k] = False
-            reasons[k] = _group_reason(skymethod)
-    for k in np.flatnonzero(~valid):
-        log.warning("Image %s: sky not computed because %s.", names[k], reasons[k])
-    return SkyResult(
-        method=skymethod,
-        terms=terms,
-        valid=valid,
-        reasons=reasons,
-        groups=groups,
-        sets=sets,
-        footprints=footprints,
-    )
+    else:
+        for key in sorted(lowest):
+            log.info("Global sky level of set %d: %.6g", key, lowest[key])
+    return [lowest.get(key) for key in keys]
 
 
 def _run(func, n, workers):
@@ -410,8 +646,12 @@ def _gather(data, mask, rows=256):
     return out
 
 
-def _measure(image, k, stats, do_local, neighbours, pair_overlaps, groups, names):
-    """Read one image's pixels once and compute all its statistics."""
+def _measure(image, k, stats, do_local, neighbours, pair_overlaps, groups, names, differences):
+    """Read one image's pixels once and compute all its statistics.
+
+    With ``differences`` (``compare='differences'``), the image is handed
+    to the pixel-difference collector instead of measuring its overlaps.
+    """
     result = _Measurement()
     regions = overlap_regions(k, neighbours, pair_overlaps, image.inverse, groups)
     with image.pixels() as (data, mask):
@@ -420,6 +660,9 @@ def _measure(image, k, stats, do_local, neighbours, pair_overlaps, groups, names
                 f"image {names[k]}: pixel array shape {data.shape} != declared {image.shape}"
             )
         result.usable = bool(mask.any())
+        if differences is not None:
+            # Called even for an unusable image: its partners wait for it.
+            differences.visit(k, data, mask)
         if not result.usable:
             return result
         if do_local:
@@ -472,25 +715,7 @@ def _group_overlap(g, h, members, measurements):
     return wsum / weight, weight
 
 
-def _pair_equations(measurements, members, groups):
-    """Equations ``(i, j, s_i, s_j, w)`` for overlapping group pairs, i < j."""
-    linked = set()
-    for k, m in enumerate(measurements):
-        for h in m.overlaps:
-            g = groups[k]
-            linked.add((min(g, h), max(g, h)))
-    pairs = []
-    for i, j in sorted(linked):
-        a = _group_overlap(i, j, members, measurements)
-        b = _group_overlap(j, i, members, measurements)
-        if a is None or b is None:
-            continue
-        w = 0.5 * (float(b[1]) + float(a[1]))
-        pairs.append((i, j, a[0], b[0], w))
-    return pairs
-
-
-def _report_sets(sets, deltas, members, names):
+def _report_sets(sets, deltas, members, names, anchored=False):
     """Warn when the overlapping groups form several disconnected sets."""
     solved = np.isfinite(deltas)
     labels = sorted(set(sets[solved].tolist()))
@@ -500,12 +725,41 @@ def _report_sets(sets, deltas, members, names):
             imgs = [names[k] for g in np.flatnonzero((sets == lab) & solved) for k in members[g]]
             shown = ", ".join(imgs[:3]) + (", ..." if len(imgs) > 3 else "")
             desc.append(f"[{shown}] ({len(imgs)} images)")
+        if anchored:
+            log.info(
+                "The images form %d sets that do not overlap each other: %s. Each set is "
+                "anchored on its own (anchor_sets=True).",
+                len(labels),
+                "; ".join(desc),
+            )
+            return
         log.warning(
             "The images form %d sets that do not overlap each other: %s. Sky levels are "
-            "matched within each set only; the sets may be offset from each other.",
+            "matched within each set only; the sets may be offset from each other "
+            "(anchor_sets=True gives each set its own reference level).",
             len(labels),
             "; ".join(desc),
         )
+
+
+def _report_rejections(records, group_labels):
+    """Name the pairs the fit left out, at WARNING."""
+    rejected = [r for r in records if r.rejected]
+    if not rejected:
+        return
+    shown = [
+        f"{group_labels[r.a]} - {group_labels[r.b]} ({r.rejected}"
+        + (f", normalized residual {r.normalized:.3g})" if r.rejected == "outlier" else ")")
+        for r in rejected[:20]
+    ]
+    more = f"; and {len(rejected) - 20} more" if len(rejected) > 20 else ""
+    log.warning(
+        "%d of %d overlapping pair(s) left out of the fit: %s%s.",
+        len(rejected),
+        len(records),
+        "; ".join(shown),
+        more,
+    )
 
 
 def _group_reason(skymethod):
