@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
 
 from ._skylist import image_key, read_name_list
 
@@ -132,28 +134,37 @@ class SkyMasks:
         return data != 0
 
 
+def _first_image(path):
+    """Index, shape and data end of the first image HDU with data, or None."""
+    with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+        for index, hdu in enumerate(hdul):
+            if not isinstance(hdu, fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU):
+                continue
+            shape = tuple(int(n) for n in hdu.shape)
+            if not shape or 0 in shape:
+                continue
+            need = None
+            if not isinstance(hdu, fits.CompImageHDU):
+                nbytes = abs(int(hdu.header["BITPIX"])) // 8 * int(np.prod(shape))
+                need = hdu.fileinfo()["datLoc"] + nbytes
+            return index, shape, need
+    return None
+
+
 def _mask_hdu(path):
     """Index and shape of the mask HDU of a FITS file, from its headers.
 
     The mask is the first image HDU (primary or extension) that holds
     data; it must be 2-D.
     """
-    found = None
     try:
         size = os.path.getsize(path)
-        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
-            for index, hdu in enumerate(hdul):
-                if not isinstance(hdu, fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU):
-                    continue
-                shape = tuple(int(n) for n in hdu.shape)
-                if not shape or 0 in shape:
-                    continue
-                need = None
-                if not isinstance(hdu, fits.CompImageHDU):
-                    nbytes = abs(int(hdu.header["BITPIX"])) // 8 * int(np.prod(shape))
-                    need = hdu.fileinfo()["datLoc"] + nbytes
-                found = index, shape, need
-                break
+        with warnings.catch_warnings():
+            # A truncated file is reported below as an error naming the HDU.
+            warnings.filterwarnings(
+                "ignore", message="File may have been truncated", category=AstropyUserWarning
+            )
+            found = _first_image(path)
     except _FITS_ERRORS as err:
         raise ValueError(f"Cannot read sky mask {str(path)!r} as FITS: {err}") from err
     if found is None:
