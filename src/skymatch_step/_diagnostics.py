@@ -481,6 +481,13 @@ def build_figure(pairs, images):
     status = _text_column(images["status"])
     skipped = (status != "COMPLETE") | ~np.isfinite(levels)
 
+    gidx = np.asarray(images["group_index"], dtype=int)
+    ngroups = int(gidx.max()) + 1 if nimg else 0
+    # Thinner lines and smaller marks as the mosaic grows, so that a
+    # thousand images stay readable; group numbers only for small mosaics.
+    size = float(np.clip(np.sqrt(40.0 / max(ngroups, 1)), 0.25, 1.0))
+    label_groups = ngroups <= 40
+
     fig = Figure(figsize=(13.0, 5.6), dpi=100, layout="constrained")
     ax, hx = fig.subplots(1, 2, width_ratios=[1.35, 1.0])
 
@@ -509,7 +516,7 @@ def build_figure(pairs, images):
             cmap=lev_cmap,
             norm=lev_norm,
             edgecolor="0.25",
-            linewidth=0.6,
+            linewidth=0.6 * size,
             alpha=0.75,
             zorder=1,
         )
@@ -524,15 +531,13 @@ def build_figure(pairs, images):
                 facecolor="0.85",
                 edgecolor="0.4",
                 hatch="//",
-                linewidth=0.6,
+                linewidth=0.6 * size,
                 zorder=1,
             )
         )
         legend.append(Patch(facecolor="0.85", edgecolor="0.4", hatch="//", label="skipped"))
 
     # Group centres: area-weighted centroid of their images' outlines.
-    gidx = np.asarray(images["group_index"], dtype=int)
-    ngroups = int(gidx.max()) + 1 if nimg else 0
     gsum = np.zeros((ngroups, 2))
     gw = np.zeros(ngroups)
     gmean = np.zeros((ngroups, 2))
@@ -559,8 +564,9 @@ def build_figure(pairs, images):
         segs = np.stack([gcen[ia], gcen[ib]], axis=1)
         res_cmap = colormaps["plasma"]
         # A white halo keeps the links visible over any footprint colour.
-        halo = patheffects.withStroke(linewidth=4.0, foreground="white")
-        finite_n = absn[np.isfinite(absn)]
+        halo = patheffects.withStroke(linewidth=4.0 * size, foreground="white")
+        # Colour scale from the used pairs (rejected ones are drawn apart).
+        finite_n = absn[used & np.isfinite(absn)]
         top = max(3.0, float(finite_n.max())) if finite_n.size else 3.0
         res_norm = Normalize(0.0, top)
         ok = used & np.isfinite(absn)
@@ -570,7 +576,7 @@ def build_figure(pairs, images):
                 array=absn[ok],
                 cmap=res_cmap,
                 norm=res_norm,
-                linewidth=2.2,
+                linewidth=2.2 * size,
                 zorder=3,
                 path_effects=[halo],
             )
@@ -581,7 +587,7 @@ def build_figure(pairs, images):
         if nofit.any():
             ax.add_collection(
                 LineCollection(
-                    segs[nofit], colors="0.45", linewidth=1.5, zorder=3, path_effects=[halo]
+                    segs[nofit], colors="0.45", linewidth=1.5 * size, zorder=3, path_effects=[halo]
                 )
             )
             legend.append(Line2D([], [], color="0.45", lw=1.5, label="pair, no residual"))
@@ -591,13 +597,21 @@ def build_figure(pairs, images):
                     segs[~used],
                     colors="crimson",
                     linestyles="--",
-                    linewidth=1.8,
+                    linewidth=1.8 * size,
                     zorder=4,
                     path_effects=[halo],
                 )
             )
             mid = segs[~used].mean(axis=1)
-            ax.plot(mid[:, 0], mid[:, 1], "x", color="crimson", ms=8, mew=2, zorder=5)
+            ax.plot(
+                mid[:, 0],
+                mid[:, 1],
+                "x",
+                color="crimson",
+                ms=8 * np.sqrt(size),
+                mew=2 * np.sqrt(size),
+                zorder=5,
+            )
             reasons = sorted(set(rejected[~used].tolist()))
             legend.append(
                 Line2D(
@@ -610,8 +624,8 @@ def build_figure(pairs, images):
                     label=f"rejected ({', '.join(reasons)})",
                 )
             )
-    ax.plot(gcen[:, 0], gcen[:, 1], "o", color="k", ms=3, zorder=6)
-    if ngroups <= 40:
+    ax.plot(gcen[:, 0], gcen[:, 1], "o", color="k", ms=3 * size, zorder=6)
+    if label_groups:
         for g in range(ngroups):
             if np.isfinite(gcen[g]).all():
                 ax.annotate(
@@ -633,7 +647,8 @@ def build_figure(pairs, images):
     ax.set_ylabel(f"Dec offset ({angle})")
     where = f" about RA {centre[0]:.4f}, Dec {centre[1]:+.4f}" if np.isfinite(centre[0]) else ""
     title = f"{method}: {nimg} image(s), {ngroups} group(s), {npairs} pair(s)"
-    ax.set_title(f"{title}\ntangent plane{where}; numbers are group indices", fontsize=10)
+    numbers = "; numbers are group indices" if label_groups else ""
+    ax.set_title(f"{title}\ntangent plane{where}{numbers}", fontsize=10)
     if not npairs:
         ax.text(
             0.5,
