@@ -2,7 +2,7 @@
 
 A sky mask list is a two-column text file, like a ``skylist``: an image
 name (matched by file stem without the pipeline suffix, see
-`skymatch_step._skylist.image_key`) and a FITS mask file. A mask is a 2-D
+``skymatch_step._skylist.image_key``) and a FITS mask file. A mask is a 2-D
 image of the image's shape; a nonzero, finite pixel may be used for sky
 statistics, a zero (or NaN) pixel may not. The step ANDs the mask with
 the pixels it would use anyway (finite, not flagged by ``dqbits``), for
