@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["GeometryError", "SkymatchError"]
+__all__ = ["GeometryError", "MissingDependencyError", "SkymatchError"]
 
 
 class SkymatchError(Exception):
@@ -11,3 +11,10 @@ class SkymatchError(Exception):
 
 class GeometryError(SkymatchError):
     """A footprint or overlap could not be computed from an image's WCS."""
+
+
+class MissingDependencyError(SkymatchError, ImportError):
+    """An optional dependency needed for what was asked is not installed.
+
+    The message names the package extra to install.
+    """
