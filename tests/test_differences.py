@@ -331,6 +331,16 @@ def test_failed_visit_releases_its_partners():
     assert collector.results() == []
 
 
+def test_results_after_a_failed_comparison_are_an_error():
+    images = _noisy_mosaic()[:2]
+    collector = _collector(images)
+    _visit(collector, images, 0)
+    with pytest.raises(ValueError, match="n1: data shape \\(3, 3\\)"):
+        collector.visit(1, np.zeros((3, 3)), np.ones((3, 3), bool))
+    with pytest.raises(RuntimeError, match="a visit failed before comparing all its pairs"):
+        collector.results()
+
+
 def test_visit_twice_and_bad_pairs_are_errors():
     images = _noisy_mosaic()[:2]
     collector = _collector(images)
