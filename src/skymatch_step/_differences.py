@@ -48,15 +48,22 @@ correlations less (the signs of two normal variables of small correlation
 ``c`` correlate by ``2 c / pi``), so the excess over 1 is scaled by
 ``2 / pi``. Checked by simulation (tests): the errors match the scatter
 of repeated measurements to a few percent, for aligned and offset grids
-and noise ratios from 0.5 to 2; without the correction they were up to
-~20% too small. A floor, ``1e-7 * (1 + mean |data_i|) / sqrt(n)`` (float32
-rounding), keeps the error positive and finite for noise-free images.
+and noise ratios from 0.5 to 2; without the correction they are up to
+15% too small (half-pixel offsets). A floor, ``1e-7 * (1 + mean |data_i|)
+/ sqrt(n)`` (float32 rounding), keeps the error positive and finite for
+noise-free images.
+
+Which image of a pair is the sample grid is fixed by the image indices,
+and pooled differences are concatenated in image-pair order, so results
+do not depend on the order in which threads finish (bit-identical for any
+number of workers).
 
 Image arrays are not kept. `DifferenceCollector` keeps, for a pair whose
-second image has not been visited yet, the flat indices (int32) and values
-(the data's float type) of the first image's samples, and, for a group pair
-not complete yet, its differences (float64); both are dropped as soon as
-they are used.
+second image has not been visited yet, the first image's samples: their
+column in the overlap's bounding box (uint16) and value (float32 for
+float32 data, else float64), about 6 bytes per overlap pixel, plus a count
+per row; for a group pair not complete yet, the float32 differences of its
+finished image pairs. Both are dropped as soon as they are used.
 """
 
 from __future__ import annotations
@@ -441,14 +448,6 @@ class DifferenceCollector:
     grid_tolerance : float, optional
         Largest interpolation error of the mapped positions, in pixels.
 
-    Notes
-    -----
-    `visit` must be called for every image, also for one without usable
-    pixels (an all-False mask): a later partner waits for it. If the
-    caller cannot visit an image (its pixels failed to load), it must call
-    `abort`, which wakes every waiting visit with `DifferencesAborted`.
-    A visit that raises releases its partners itself.
-
     Attributes
     ----------
     pending_bytes : int
@@ -457,6 +456,16 @@ class DifferenceCollector:
         Bytes of differences waiting for the rest of their group pair.
     peak_bytes : int
         Largest ``pending_bytes + pooled_bytes`` seen.
+
+    Notes
+    -----
+    `visit` must be called for every image, also for one without usable
+    pixels (an all-False mask): a later partner waits for it. If the
+    caller cannot visit an image (its pixels failed to load), it must call
+    `abort`, which wakes every waiting visit with `DifferencesAborted`.
+    A visit that raises releases its partners itself. Since a visit may
+    wait for the visits of lower-indexed images, it must not be made while
+    holding a lock that those need.
     """
 
     def __init__(
