@@ -222,7 +222,7 @@ def test_values_beyond_float32_or_not_finite():
         SkyStatistics()(np.array([1.0, np.nan], dtype=np.float32))
 
 
-@pytest.mark.parametrize("stat", ["mean", "mode"])
+@pytest.mark.parametrize("stat", ["mean", "mode", "median"])
 def test_limits_beyond_float32_are_no_limits(stat):
     # As in ImageStats (C float conversion), but silently: ImageStats' own
     # comparison with the limits warns.
@@ -233,6 +233,9 @@ def test_limits_beyond_float32_are_no_limits(stat):
         warnings.simplefilter("ignore", RuntimeWarning)
         ref = _reference(x, stat, lsig=4.0, usig=4.0, binwidth=0.1, **kw)
     assert (value, npix) == ref
+    # a single value keeps the limits through the clipping (its std is NaN)
+    one = np.array([0.25], dtype=np.float32)
+    assert SkyStatistics(skystat=stat, **kw)(one) == (0.25, 1)
 
 
 def test_histogram_range_overflow():

@@ -25,6 +25,17 @@ Where ``ImageStats`` degenerates we return a sensible value instead
 * all values in one histogram bin (e.g. a constant image): ``ImageStats``
   returns the *count* of the bin (0 for a constant image) as midpt; we
   return the centre of the occupied value range.
+
+Where float32 arithmetic overflows (values near the float32 limit, e.g.
+1e30, whose squared deviations overflow: the standard deviation is
+infinite), ``ImageStats`` returns an infinite mode, a meaningless midpt,
+or a mean or median that ignores the clipping (its limits become
+infinite). We raise ``StatsOverflowError`` instead, whose message says
+what overflowed and how large the values are.
+
+The histogram counts only its occupied bins, so its memory grows with the
+number of values, never with the number of bins (the value range divided
+by the bin width, which outliers can make huge).
 """
 
 from __future__ import annotations
@@ -122,7 +133,7 @@ class SkyStatistics:
             the clipping limits.
         StatsOverflowError
             If the values are too large for float32 arithmetic (a
-            `StatsError` too).
+            ``StatsError`` too).
         """
         return compute(values, self)
 
@@ -301,9 +312,9 @@ def compute(values, settings):
     if stat == "mean":
         return mean, npix
     if stat == "median":
-        if settings.nclip > 0:
-            x = x[(x <= clipmax) & (x >= clipmin)]
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore"):  # limits beyond float32: no limits
+            if settings.nclip > 0:
+                x = x[(x <= clipmax) & (x >= clipmin)]
             median = np.median(x)
         if not np.isfinite(median):
             raise _overflow(f"the median of {x.size} values", dmin, dmax)
