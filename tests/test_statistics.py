@@ -285,7 +285,7 @@ def test_many_bins_same_as_imagestats(monkeypatch, stat, seed, far):
     seen = _spy_bins(monkeypatch)
     x = _far_first_pixel(seed, 20_000, far)
     value, npix = SkyStatistics(skystat=stat, nclip=1)(x)
-    assert seen[-1] > _DENSE_BINS  # only the occupied bins were counted
+    assert seen[-1] > max(_DENSE_BINS, x.size)  # only the occupied bins were counted
     assert (value, npix) == _reference(x, stat, nclip=1, lsig=4.0, usig=4.0, binwidth=0.1)
 
 
@@ -312,6 +312,7 @@ def test_occupied_bins_edge_cases(monkeypatch, dense, kind, stat):
 
     if not dense:
         monkeypatch.setattr(_statistics, "_DENSE_BINS", 0)
+        monkeypatch.setattr(_statistics, "_DENSE_BINS_PER_VALUE", 0.0)
         monkeypatch.setattr(_statistics, "_HIST_CHUNK", 7)  # merge across chunks
     x = _discrete(kind)
     for start in range(3):  # the first value matters for the range
@@ -329,6 +330,7 @@ def test_occupied_bins_same_as_imagestats(monkeypatch, stat):
     from skymatch_step import _statistics
 
     monkeypatch.setattr(_statistics, "_DENSE_BINS", 0)
+    monkeypatch.setattr(_statistics, "_DENSE_BINS_PER_VALUE", 0.0)
     monkeypatch.setattr(_statistics, "_HIST_CHUNK", 97)
     for kind in ("gauss", "sky+sources", "skewed", "ties"):
         test_same_as_imagestats(stat, kind)
@@ -349,6 +351,7 @@ def test_occupied_bins_match_histogram1d(monkeypatch):
         ref = histogram1d(x, nbins, dz, vmin).histogram
         for dense_limit in (0, 1 << 20):
             monkeypatch.setattr(_statistics, "_DENSE_BINS", dense_limit)
+            monkeypatch.setattr(_statistics, "_DENSE_BINS_PER_VALUE", float(dense_limit))
             bins, counts = _statistics._histogram(x, nbins, dz, vmin)
             np.testing.assert_array_equal(bins, np.flatnonzero(ref))
             np.testing.assert_array_equal(counts, ref[ref > 0])

@@ -351,9 +351,12 @@ def compute(values, settings):
 
 _HIST_CHUNK = 1 << 20
 
-#: Up to this many bins, the histogram is counted in a dense array (8 MiB);
-#: beyond, only the occupied bins are counted, by sorting bin indices.
+#: The histogram is counted in a dense array up to this many bins (8 MiB),
+#: or up to this many bins per value (16 bytes per bin with its temporary:
+#: 4 per float32 value); beyond, only the occupied bins are counted, by
+#: sorting bin indices (at most about 32 bytes per value).
 _DENSE_BINS = 1 << 20
+_DENSE_BINS_PER_VALUE = 1.0
 
 #: Bin indices are int64; float32 scaled values below 2**63 convert exactly.
 _MAX_BINS = 1 << 62
@@ -403,7 +406,7 @@ def _histogram(x, nbins, dz, vmin):
     counts : ndarray of int64
         Their counts (all positive).
     """
-    if nbins <= _DENSE_BINS:
+    if nbins <= max(_DENSE_BINS, _DENSE_BINS_PER_VALUE * x.size):
         counts = np.zeros(nbins, dtype=np.int64)
         for scaled in _scaled_chunks(x, nbins, dz, vmin):
             counts += np.bincount(scaled.astype(np.intp), minlength=nbins)[:nbins]
