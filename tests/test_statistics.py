@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 import zlib
 
@@ -172,18 +173,25 @@ def hot_pixels():
 
 @pytest.mark.parametrize("nclip", [0, 5])
 @pytest.mark.parametrize("stat", ["mode", "midpt", "mean", "median"])
-def test_overflow_is_a_clear_error(hot_pixels, stat, nclip):
+def test_overflow_is_a_clear_error(hot_pixels, stat, nclip, caplog):
     # ImageStats' float32 squared deviations overflow: it reports an
     # infinite mode, a bin count as midpt, and silently unclipped
-    # mean/median. We raise an error saying so (and no numpy warning:
-    # warnings are errors here).
+    # mean/median. We raise an error saying so for mode/midpt, and give
+    # ImageStats' (jwst's) unclipped mean/median with a warning saying why
+    # (and no numpy warning: warnings are errors here).
     settings = SkyStatistics(skystat=stat, nclip=nclip)
-    if stat in ("mean", "median") and nclip == 0:
-        # no standard deviation needed: same as ImageStats
-        value, npix = settings(hot_pixels)
+    if stat in ("mean", "median"):
+        with caplog.at_level(logging.WARNING, logger="skymatch_step"):
+            value, npix = settings(hot_pixels)
         assert (value, npix) == _reference(
-            hot_pixels, stat, nclip=0, lsig=4.0, usig=4.0, binwidth=0.1
+            hot_pixels, stat, nclip=nclip, lsig=4.0, usig=4.0, binwidth=0.1
         )
+        if nclip:
+            assert "Sigma clipping skipped" in caplog.text
+            assert "overflows float32 (max |value| = 1e+30)" in caplog.text
+        else:
+            # no standard deviation needed: nothing to say
+            assert not caplog.records
         return
     use = "sigma clipping" if nclip else "histogram bin width"
     with pytest.raises(StatsOverflowError, match=r"too large for float32 statistics \(overflow\)"):

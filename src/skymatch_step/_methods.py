@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._footprints import image_footprint, union_footprint
 from ._differences import DifferenceCollector
+from ._footprints import image_footprint, union_footprint
 from ._overlaps import PairIntersector, overlap_regions, region_mask
 from ._pairs import PairRecord
 from ._solver import connected_sets, fit_offsets
@@ -321,9 +321,7 @@ def match(
     measurements = _measure_all(layout, stats, do_local, do_match, differences, workers)
 
     valid = np.array([m.usable for m in measurements], dtype=bool)
-    reasons = [
-        "" if ok else "it has no usable pixels (all NaN, flagged or masked)" for ok in valid
-    ]
+    reasons = ["" if ok else "it has no usable pixels (all NaN, flagged or masked)" for ok in valid]
     members = layout.members()
     group_local = _group_local(measurements, members) if do_local else [None] * layout.ngroups
 
@@ -546,7 +544,7 @@ def _anchor(deltas, sets, match_down):
 
 
 def _group_terms(skymethod, group_local, deltas, sets):
-    """The sky terms of every group and whether they could be determined."""
+    """Return the sky terms of every group and whether they could be determined."""
     has_local = np.array([v is not None for v in group_local], dtype=bool)
     matched = np.isfinite(deltas)
     # Offsets as Python floats (jwst's type), so that sums and subtractions

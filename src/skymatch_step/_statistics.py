@@ -40,10 +40,13 @@ by the bin width, which outliers can make huge).
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SKYSTATS", "SkyStatistics", "StatsError", "StatsOverflowError"]
 
@@ -293,7 +296,19 @@ def compute(values, settings):
             raise StatsError("no pixel values left inside the clipping limits")
         if not math.isfinite(moments.mean):
             raise _overflow(f"the mean of {moments.n} values", dmin, dmax)
-        if need_std and moments.n > 1 and not math.isfinite(moments.std):
+        if need_std and moments.n > 1 and not math.isfinite(moments.std) and not histogram:
+            # mean/median: as in stsci.imagestats (and so jwst), limits of
+            # infinite width leave only lower/upper; say why.
+            log.warning(
+                "Sigma clipping skipped for the sky %s of %d values: their standard "
+                "deviation overflows float32 (max |value| = %.3g); exclude such values "
+                "with lower/upper or dqbits.",
+                stat,
+                moments.n,
+                max(abs(float(dmin)), abs(float(dmax))),
+            )
+            moments.std = math.inf
+        elif need_std and moments.n > 1 and not math.isfinite(moments.std):
             use = "the sigma clipping" if it < settings.nclip else "the histogram bin width"
             raise _overflow(
                 f"the standard deviation of the {moments.n} values inside the clipping "
