@@ -55,6 +55,13 @@ _REFINE = 3
 #: Relative diagonal damping when the plain factorization fails.
 _DAMPING = 1.0e-10
 
+#: Equations with the largest normalized residuals whose leverage is
+#: computed in each round of outlier rejection.
+_CANDIDATES = 32
+
+#: Leverage cap (a leverage of 1 means a bridge, fitted exactly).
+_MAX_LEVERAGE = 1.0 - 1.0e-9
+
 #: Reasons for leaving an equation out of the fit.
 _FEW_PIXELS = "few pixels"
 _OUTLIER = "outlier"
@@ -78,6 +85,29 @@ class _Solution:
     offsets: np.ndarray
     bridges: np.ndarray  # (m,) bool: equation is a bridge of the solved graph
     redundancy: int  # equations minus independent unknowns
+    lu: object = None  # factorization of the reduced block Laplacians
+    col: np.ndarray | None = None  # (n,) row of each group in ``lu``, -1 if fixed
+    wmax: float = 1.0  # weights were divided by this
+
+    def leverage(self, eqs, which):
+        """Leverage ``w**2 * R(i, j)`` of the non-bridge equations ``which``.
+
+        ``R`` is the effective resistance between the two groups in the
+        network of conductances ``w**2``, one solve with the factorization
+        per equation.
+        """
+        which = np.asarray(which, dtype=np.intp)
+        if which.size == 0 or self.lu is None:
+            return np.zeros(which.size)
+        cu, cv = self.col[eqs.i[which]], self.col[eqs.j[which]]
+        unit = np.zeros((self.col.max() + 1, which.size))
+        cols = np.arange(which.size)
+        unit[cu[cu >= 0], cols[cu >= 0]] += 1.0
+        unit[cv[cv >= 0], cols[cv >= 0]] -= 1.0
+        x = np.asarray(self.lu.solve(unit)).reshape(unit.shape)
+        xu = np.where(cu >= 0, x[np.maximum(cu, 0), cols], 0.0)
+        xv = np.where(cv >= 0, x[np.maximum(cv, 0), cols], 0.0)
+        return (eqs.w[which] / self.wmax) ** 2 * (xu - xv)
 
 
 def _equations(pairs, n):
@@ -88,31 +118,39 @@ def _equations(pairs, n):
     m = len(pairs)
     if m == 0:
         empty = np.zeros(0)
-        return _Equations(empty.astype(int), empty.astype(int), empty, empty, n)
+        return _Equations(empty.astype(np.intp), empty.astype(np.intp), empty, empty, n)
     try:
-        i, j, s_i, s_j, w = (list(col) for col in zip(*pairs, strict=True))
+        table = np.array(pairs, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"each pair must be a tuple (i, j, s_i, s_j, w): {exc}") from None
-    i = np.asarray(i)
-    j = np.asarray(j)
+        raise ValueError(
+            f"each pair must be a tuple (i, j, s_i, s_j, w) of numbers: {exc}"
+        ) from None
+    if table.shape != (m, 5):
+        raise ValueError(
+            f"each pair must be a tuple (i, j, s_i, s_j, w); got an array of shape {table.shape}"
+        )
+    i, j = table[:, 0], table[:, 1]
     for name, idx in (("i", i), ("j", j)):
-        if idx.dtype.kind not in "iu":
-            raise ValueError(f"group indices {name} must be integers, got dtype {idx.dtype}")
-        bad = np.flatnonzero((idx < 0) | (idx >= n))
+        bad = np.flatnonzero((idx != np.round(idx)) | (idx < 0) | (idx >= n))
         if bad.size:
             k = bad[0]
             raise ValueError(
-                f"pair {k}: group index {name}={idx[k]} is outside 0 to {n - 1} ({n} groups)"
+                f"pair {k}: group index {name}={idx[k]:g} is not an integer from 0 to {n - 1} "
+                f"({n} groups)"
             )
+    same = np.flatnonzero(i == j)
+    if same.size:
+        k = same[0]
+        raise ValueError(f"pair {k} links group {i[k]:g} to itself; i and j must differ")
     # float64 difference, whatever the statistics' scalar type
-    b = np.asarray(s_i, dtype=np.float64) - np.asarray(s_j, dtype=np.float64)
-    w = np.asarray(w, dtype=np.float64)
+    b = table[:, 2] - table[:, 3]
+    w = table[:, 4]
     bad = np.flatnonzero(~(np.isfinite(b) & np.isfinite(w)))
     if bad.size:
         k = bad[0]
         raise ValueError(
-            f"pair {k} (groups {i[k]}, {j[k]}): s_i - s_j = {b[k]!r} and w = {w[k]!r}; "
-            "both must be finite"
+            f"pair {k} (groups {i[k]:g}, {j[k]:g}): s_i - s_j = {float(b[k])!r} and "
+            f"w = {float(w[k])!r}; both must be finite"
         )
     return _Equations(i.astype(np.intp), j.astype(np.intp), b, w, n)
 
@@ -182,7 +220,7 @@ def _bridges(u, v, n, labels):
 def _node_sums(values, ui, vi, col, size):
     """Sum ``values[k]`` into node ``ui[k]`` and subtract it from ``vi[k]`` (free nodes)."""
     cu, cv = col[ui], col[vi]
-    out = np.bincount(cu[cu >= 0], values[cu >= 0], minlength=size)
+    out = np.bincount(cu[cu >= 0], values[cu >= 0], minlength=size).astype(np.float64)
     out -= np.bincount(cv[cv >= 0], values[cv >= 0], minlength=size)
     return out
 
@@ -227,6 +265,7 @@ def _block_solve(lap, ui, vi, bi, wi, col, free):
             break
     else:
         x[free] = 0.0
+        lu = None
     if damping:
         log.warning(
             "The least-squares solve lost precision: pair weights w**2 from %.3g to %.3g "
@@ -235,7 +274,7 @@ def _block_solve(lap, ui, vi, bi, wi, col, free):
             wi.min(),
             wi.max(),
         )
-    return x[free]
+    return x[free], lu
 
 
 def _solve(eqs, use=None):
@@ -261,12 +300,12 @@ def _solve(eqs, use=None):
     if not use.any():
         return _Solution(offsets, bridges, 0)
     # A group in any equation is determined, even by an equation that
-    # carries no information (zero weight, or i == j): its offset is then 0.
+    # carries no information (zero weight): its offset is then 0.
     grouped = np.zeros(n, dtype=bool)
     grouped[eqs.i[use]] = grouped[eqs.j[use]] = True
 
     wmax = np.abs(eqs.w[use]).max()
-    active = use & (eqs.i != eqs.j) & (eqs.w != 0.0)
+    active = use & (eqs.w != 0.0)
     idx = np.flatnonzero(active)
     u, v, b = eqs.i[idx], eqs.j[idx], eqs.b[idx]
     # common scale of the weights: it does not change the solution and
@@ -289,6 +328,8 @@ def _solve(eqs, use=None):
     fixed[by_block[first]] = True
 
     relative = np.zeros(n)
+    lu = None
+    col = None
     free = np.flatnonzero(~fixed)
     if free.size:
         col = np.full(n, -1, dtype=np.intp)
@@ -302,7 +343,7 @@ def _solve(eqs, use=None):
         lap = coo_matrix(
             (vals[keep], (rows[keep], cols[keep])), shape=(free.size, free.size)
         ).tocsc()
-        relative[free] = _block_solve(lap, ui, vi, bi, wi, col, free)
+        relative[free], lu = _block_solve(lap, ui, vi, bi, wi, col, free)
 
     # Place the blocks along the bridges: c[a] - c[b] = b - r[u] + r[v] for
     # a bridge u -- v from block a to block b; one block per set stays at 0.
@@ -336,7 +377,7 @@ def _solve(eqs, use=None):
     deltas -= (np.bincount(comp, deltas, minlength=ncomp) / size)[comp]
     offsets[grouped] = deltas[grouped]
     redundancy = int(idx.size - (n - ncomp))
-    return _Solution(offsets, bridges, redundancy)
+    return _Solution(offsets, bridges, redundancy, lu, col, wmax)
 
 
 def solve_offsets(pairs, n):
@@ -357,7 +398,9 @@ def solve_offsets(pairs, n):
     Parameters
     ----------
     pairs : list of tuple
-        ``(i, j, s_i, s_j, w)`` with ``0 <= i, j < n`` and finite values.
+        ``(i, j, s_i, s_j, w)`` with ``0 <= i, j < n``, ``i != j`` and
+        finite values. A zero weight links nothing: such a pair only marks
+        its groups as determined.
     n : int
         Number of groups.
 
@@ -369,8 +412,8 @@ def solve_offsets(pairs, n):
     Raises
     ------
     ValueError
-        If a group index is out of range or a difference or weight is not
-        finite.
+        If a group index is out of range, a pair links a group to itself,
+        or a difference or weight is not finite.
     """
     eqs = _equations(pairs, n)
     return _solve(eqs).offsets
@@ -491,8 +534,8 @@ def fit_offsets(
     min_pixels : int, optional
         Fewest usable pixels for an equation to be used.
     reject_sigma : float, optional
-        Reject outliers whose ``|normalized residual|`` exceeds this. None
-        (default) rejects nothing.
+        Reject outliers whose studentized residual (see Notes) exceeds
+        this. None (default) rejects nothing.
     max_iterations : int, optional
         Most outliers rejected; each rejection is followed by a new fit.
 
@@ -509,17 +552,24 @@ def fit_offsets(
 
     Notes
     -----
-    Outliers are rejected one at a time: each round rejects the single used
-    equation with the largest ``|normalized residual|`` above
-    ``reject_sigma`` (the lowest index among equal values) and fits again,
-    re-estimating the scale. A large error in one equation also pulls the
-    residuals of its neighbours up, so rejecting every equation above the
-    threshold at once would also remove good ones. Bridges (equations whose
-    removal would split a connected set) fit exactly and are never
-    rejected, so rejection never splits a set nor leaves a group without
-    equations. Without errors, rejection needs redundancy (more equations
-    than independent offsets) and a nonzero scale; otherwise it is skipped
-    with an INFO message.
+    Outliers are rejected one at a time. In each round the
+    ``_CANDIDATES`` (32) used equations with the largest ``|normalized|``
+    residuals get their *studentized* residual ``|normalized| / sqrt(1 -
+    h)``, where the leverage ``h = w**2 R(i, j)`` (``R`` the effective
+    resistance between the two groups in the network of conductances
+    ``w**2``) measures how much the equation fits itself; the one with the
+    largest studentized residual above ``reject_sigma`` (lowest index among
+    equal values) is rejected and the fit is repeated, scale included. One
+    bad equation also pulls up the residuals of its neighbours, and an
+    equation on the edge of a mosaic (high leverage) shows a smaller
+    residual than its error: rejecting every equation above the threshold
+    at once, or the largest ``|normalized|``, would remove good pairs.
+    Bridges (equations whose removal would split a connected set) fit
+    exactly and are never rejected, so rejection never splits a set nor
+    leaves a group without equations. Without errors, rejection needs
+    redundancy (more equations than independent offsets) and a nonzero
+    scale; otherwise it is skipped with an INFO message. Rejection stops
+    with a WARNING after ``max_iterations`` rejections.
 
     With the defaults (no rejection, every ``npix >= min_pixels``) the
     offsets are those of `solve_offsets`, computed by the same code.
@@ -536,7 +586,9 @@ def fit_offsets(
             raise ValueError(f"errors has shape {errors.shape}; expected ({m},), one per pair")
         bad = np.flatnonzero(~(np.isfinite(errors) & (errors > 0)))
         if bad.size:
-            raise ValueError(f"errors[{bad[0]}] = {errors[bad[0]]!r}; errors must be positive")
+            raise ValueError(
+                f"errors[{bad[0]}] = {float(errors[bad[0]])!r}; errors must be positive"
+            )
     use = np.ones(m, dtype=bool)
     rejected = [""] * m
     if npix is not None:
@@ -557,7 +609,7 @@ def fit_offsets(
 
     absw = np.abs(eqs.w)
     # equations that constrain the offsets at all
-    informative = (eqs.i != eqs.j) & (absw > 0)
+    informative = absw > 0
     floor = _SCALE_FLOOR_EPS * np.finfo(np.float64).eps * (np.abs(eqs.b) * absw).max(initial=0.0)
     fits = 0
     outliers = 0
@@ -579,26 +631,31 @@ def fit_offsets(
         if why:
             log.info("No outlier rejection: %s.", why)
             break
-        candidates = use & informative & ~sol.bridges
-        score = np.where(candidates, np.abs(normalized), -np.inf)
-        worst = int(np.argmax(score)) if m else 0
-        if not (m and score[worst] > reject_sigma):
+        # studentized residuals of the equations that look worst
+        candidates = np.flatnonzero(use & informative & ~sol.bridges)
+        order = np.lexsort((candidates, -np.abs(normalized[candidates])))
+        top = candidates[order[:_CANDIDATES]]
+        leverage = np.clip(sol.leverage(eqs, top), 0.0, _MAX_LEVERAGE)
+        student = np.abs(normalized[top]) / np.sqrt(1.0 - leverage)
+        above = student > reject_sigma
+        if not above.any():
             break
+        worst = int(top[np.argmax(np.where(above, student, -np.inf))])
         if outliers == max_iterations:
             log.warning(
                 "Outlier rejection stopped after %d rejection(s) (max_iterations); "
                 "%d pair(s) still exceed %g sigma.",
                 outliers,
-                int((score > reject_sigma).sum()),
+                int(above.sum()),
                 reject_sigma,
             )
             break
         log.debug(
-            "Rejecting pair %d (groups %d, %d): normalized residual %.3g.",
+            "Rejecting pair %d (groups %d, %d): studentized residual %.3g.",
             worst,
             eqs.i[worst],
             eqs.j[worst],
-            normalized[worst],
+            student.max(),
         )
         use[worst] = False
         rejected[worst] = _OUTLIER
