@@ -302,6 +302,37 @@ def test_failure_while_writing_back_restores_every_model(where, method, monkeypa
     assert all(r[2] is True for r in rows)
 
 
+@pytest.mark.parametrize("in_pipeline", [False, True])
+def test_models_of_the_caller_are_restored_after_a_failure(in_pipeline, monkeypatch):
+    # Run by a pipeline, the step does not copy a list of models: the
+    # caller's models are changed, so they are restored after a failure.
+    from skymatch_step import step as step_module
+
+    models = _noisy_table1()
+    before = [m.data.copy() for m in models]
+    step = SkymatchStep(skymethod="local", subtract=True)
+    if in_pipeline:
+        monkeypatch.setattr(step, "parent", object())
+    library = step._open_library(models)
+    assert library.holds_callers_models is in_pipeline
+    real = step_module._update_model
+    calls = []
+
+    def update_model(library, index, *args, **kwargs):
+        calls.append(index)
+        if index == 2:
+            raise MemoryError("injected")
+        return real(library, index, *args, **kwargs)
+
+    monkeypatch.setattr(step_module, "_update_model", update_model)
+    with pytest.raises(MemoryError, match="injected"):
+        step.run(models)
+    assert calls == [0, 1, 2]
+    for model, data in zip(models, before, strict=True):
+        assert model.data.tobytes() == data.tobytes()
+        assert model.meta.background.level is None
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("terms", [(0.3,), (-17.25, 1e-3), (1e30,), (float("nan"),)])
 def test_undo_restores_data_bit_for_bit(dtype, terms):

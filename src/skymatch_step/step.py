@@ -64,7 +64,7 @@ class SkymatchStep(Step):
         in_memory = boolean(default=True) # If False, preserve memory using temporary files
 
         # Parallel processing (not in jwst's step):
-        maximum_cores = string(default='all') # cores to use: an integer, 'quarter', 'half' or 'all'
+        maximum_cores = string(default='all') # cores to use: an integer, 'none', 'quarter', 'half' or 'all'
     """  # noqa: E501
 
     reference_file_types: ClassVar[list] = []
@@ -124,9 +124,9 @@ class SkymatchStep(Step):
         library = self._open_library(input_models)
         if len(library) == 0:
             raise ValueError("No images to process: the input is empty.")
-        # Only a library the caller passed is seen again after an error;
-        # one this step created is dropped, so it needs no undo.
-        undo = library is input_models
+        # Only models the caller holds are seen again after an error; a
+        # library of copies or of files this step opened is dropped.
+        undo = library is input_models or getattr(library, "holds_callers_models", False)
         if self.skymethod == "user":
             return self._apply_user_sky(library, undo=undo)
 
@@ -176,7 +176,10 @@ class SkymatchStep(Step):
         if on_disk and isinstance(output, (list, tuple)):
             # stpipe's library keeps only an association's members on disk.
             output = _association_of(output)
-        return _Library(output, on_disk=on_disk)
+        library = _Library(output, on_disk=on_disk)
+        # Not copied (the step runs in a pipeline): the caller sees them.
+        library.holds_callers_models = _shares_models(input_models, output)
+        return library
 
     def _engine_inputs(self, library, dqbits, members, on_disk):
         """Check each model and describe it to the engine, one at a time.
@@ -594,6 +597,20 @@ def _wcs_callables(wcs):
 
 
 # -- reading members ---------------------------------------------------------
+
+
+def _shares_models(given, opened):
+    """Whether ``opened`` holds the content of models of ``given``.
+
+    A `ModelContainer` made from a list of models wraps each in a new model
+    object over the same tree and arrays, so the trees are compared.
+    """
+    if not isinstance(given, (ModelContainer, list, tuple)):
+        return False
+    if not isinstance(opened, (ModelContainer, list, tuple)):
+        return False
+    trees = {id(m.instance) for m in given if isinstance(m, JwstDataModel)}
+    return any(isinstance(m, JwstDataModel) and id(m.instance) in trees for m in opened)
 
 
 def _borrow(library, index):
