@@ -418,7 +418,12 @@ def _check_model(model, name, dqbits):
 
 def _check_subtractable(model, name):
     """Check, before any model changes, that the sky can be subtracted in place."""
-    data = model.data
+    data = getattr(model, "data", None)
+    if data is None:
+        raise ValueError(
+            f"Image {name!r}: the sky cannot be subtracted: this "
+            f"{type(model).__name__} has no data array."
+        )
     if not np.issubdtype(data.dtype, np.floating):
         raise ValueError(
             f"Image {name!r}: the sky cannot be subtracted from data of type "
@@ -622,7 +627,7 @@ def _borrow(library, index):
     """
     try:
         return library.borrow(index)
-    except (BorrowError, ClosedLibraryError):
+    except (BorrowError, ClosedLibraryError, MemoryError):
         raise
     except Exception as err:
         raise OSError(
