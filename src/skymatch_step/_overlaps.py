@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -202,6 +203,9 @@ class PairIntersector:
     ----------
     workers : int, optional
         Number of worker processes; 1 intersects in the calling process.
+        So does a daemonic process (e.g. a `multiprocessing.Pool` worker),
+        which may not start processes of its own, or one where worker
+        processes cannot be started; the results are the same.
     """
 
     def __init__(self, workers=1):
@@ -244,16 +248,33 @@ class PairIntersector:
         for i in self._index.add(bounding_cap(footprint)):
             if self._groups[i] == group:
                 continue
-            if self._workers > 1:
-                if self._pool is None:
-                    from concurrent.futures import ProcessPoolExecutor
-
-                    self._pool = ProcessPoolExecutor(max_workers=self._workers)
-                fut = self._pool.submit(_intersect_pair, self._footprints[i], footprint)
-                self._pending[(i, j)] = fut
-            else:
-                self._pending[(i, j)] = _intersect_pair(self._footprints[i], footprint)
+            fut = self._submit(self._footprints[i], footprint) if self._workers > 1 else None
+            if fut is None:
+                fut = _intersect_pair(self._footprints[i], footprint)
+            self._pending[(i, j)] = fut
         return j
+
+    def _submit(self, fp_i, fp_j):
+        """Start one intersection in the worker pool (None: do it here)."""
+        if self._pool is None and multiprocessing.current_process().daemon:
+            log.info(
+                "Intersecting footprints in this process: it is a daemonic process "
+                "(e.g. a multiprocessing.Pool worker), which cannot start workers."
+            )
+            self._workers = 1
+            return None
+        try:
+            if self._pool is None:
+                from concurrent.futures import ProcessPoolExecutor
+
+                self._pool = ProcessPoolExecutor(max_workers=self._workers)
+            return self._pool.submit(_intersect_pair, fp_i, fp_j)
+        except (OSError, ImportError, NotImplementedError, RuntimeError) as err:
+            # e.g. no semaphores or process limit reached: results are the
+            # same without workers, only slower.
+            log.info("Intersecting footprints in this process: cannot start workers (%s).", err)
+            self._workers = 1
+            return None
 
     def results(self, names):
         """Wait for the intersections and return them.

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import threading
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -16,6 +17,7 @@ from jwst.datamodels import ModelContainer, ModelLibrary
 from jwst.stpipe import Step
 from stdatamodels.jwst.datamodels import JwstDataModel
 from stdatamodels.jwst.datamodels.dqflags import pixel as _dq_flags
+from stpipe.library import BorrowError, ClosedLibraryError, NoGroupID
 
 from ._methods import ImageInput, match
 from ._skylist import read_skylist
@@ -62,7 +64,7 @@ class SkymatchStep(Step):
         in_memory = boolean(default=True) # If False, preserve memory using temporary files
 
         # Parallel processing (not in jwst's step):
-        maximum_cores = string(default='all') # cores to use: an integer, 'quarter', 'half' or 'all'
+        maximum_cores = string(default='all') # cores to use: an integer, 'none', 'quarter', 'half' or 'all'
     """  # noqa: E501
 
     reference_file_types: ClassVar[list] = []
@@ -117,11 +119,16 @@ class SkymatchStep(Step):
             ``subtract`` is True). A `ModelLibrary` input is updated in
             place; other inputs are copied first.
         """
+        _check_stepsize(self.stepsize)
+        workers = _n_workers(self.maximum_cores)
         library = self._open_library(input_models)
         if len(library) == 0:
             raise ValueError("No images to process: the input is empty.")
+        # Only models the caller holds are seen again after an error; a
+        # library of copies or of files this step opened is dropped.
+        undo = library is input_models or getattr(library, "holds_callers_models", False)
         if self.skymethod == "user":
-            return self._apply_user_sky(library)
+            return self._apply_user_sky(library, undo=undo)
 
         stats = SkyStatistics(
             skystat=self.skystat,
@@ -133,19 +140,21 @@ class SkymatchStep(Step):
             binwidth=self.binwidth,
         )
         dqbits = _parse_dqbits(self.dqbits)
-        start_levels = []
+        members = []
         on_disk = _is_on_disk(library)
         with _quick_collections(on_disk):
             with library:
                 result = match(
-                    self._engine_inputs(library, dqbits, start_levels, on_disk),
+                    self._engine_inputs(library, dqbits, members, on_disk),
                     skymethod=self.skymethod,
                     match_down=self.match_down,
                     stats=stats,
                     stepsize=self.stepsize,
-                    workers=_n_workers(self.maximum_cores),
+                    workers=workers,
                 )
-            self._write_results(library, result, start_levels, on_disk)
+            updates = self._updates(result, members)
+            _write_back(library, updates, subtract=self.subtract, on_disk=on_disk, undo=undo)
+        _log_levels(updates)
         return library
 
     def _open_library(self, input_models):
@@ -164,19 +173,27 @@ class SkymatchStep(Step):
                 on_disk = False
         if isinstance(output, (list, tuple)) and not output:
             raise ValueError("No images to process: the input is empty.")
-        return _Library(output, on_disk=on_disk)
+        if on_disk and isinstance(output, (list, tuple)):
+            # stpipe's library keeps only an association's members on disk.
+            output = _association_of(output)
+        library = _Library(output, on_disk=on_disk)
+        # Not copied (the step runs in a pipeline): the caller sees them.
+        library.holds_callers_models = _shares_models(input_models, output)
+        return library
 
-    def _engine_inputs(self, library, dqbits, start_levels, on_disk):
+    def _engine_inputs(self, library, dqbits, members, on_disk):
         """Check each model and describe it to the engine, one at a time.
 
         A generator: the engine computes each footprint (and starts the
         intersections) while the next model is read. Pixels are not
         touched here. It raises, before any model is modified, if a model
-        has no WCS, is not 2-D, or has background metadata inconsistent
-        with ``subtract``; the start level of each model is appended to
-        ``start_levels``. ``on_disk``: whether the library keeps its
-        models in files (each is then freed as soon as it is read). The
-        library must be open.
+        cannot be read, has no WCS, is not a 2-D image, has a DQ array of
+        another shape, has background metadata inconsistent with
+        ``subtract``, or (with ``subtract``) data that cannot be changed
+        in place; the name and start level of each model are appended to
+        ``members``. ``on_disk``: whether the library keeps its models in
+        files (each is then freed as soon as it is read). The library
+        must be open.
         """
         group_of = {}
         for label, indices in library.group_indices.items():
@@ -186,11 +203,13 @@ class SkymatchStep(Step):
         every = max(1, math.ceil(n / 5)) if n >= 20 else n + 1
         for index in range(n):
             with _LEDGER_LOCK:
-                model = library.borrow(index)
+                model = _borrow(library, index)
             try:
                 name = _model_name(model, index)
-                shape = _check_model(model, name)
-                start_levels.append(self._start_level(model, name))
+                shape = _check_model(model, name, dqbits)
+                if self.subtract:
+                    _check_subtractable(model, name)
+                members.append(_Member(name, self._start_level(model, name)))
                 forward, inverse = _wcs_callables(model.meta.wcs)
             finally:
                 with _LEDGER_LOCK:
@@ -229,49 +248,62 @@ class SkymatchStep(Step):
                 f"already recorded in image {name!r} "
                 f"(meta.background.subtracted={bkg.subtracted})."
             )
-        return float(bkg.level) if self.subtract else 0.0
+        level = float(bkg.level)
+        if math.isfinite(level):
+            return level if self.subtract else 0.0
+        if self.subtract:
+            raise ValueError(
+                f"Image {name!r}: the sky level recorded as already subtracted "
+                f"(meta.background.level={level}) is not finite, so the total sky "
+                "cannot be known. Correct or remove meta.background before running "
+                "with subtract=True."
+            )
+        log.warning(
+            "Image %r: the earlier meta.background.level (%s) is not finite; it is "
+            "not used (subtract=False) and is replaced by the new level.",
+            name,
+            level,
+        )
+        return 0.0
 
-    def _write_results(self, library, result, start_levels, on_disk):
-        with library:
-            for index in range(len(library)):
-                model = library.borrow(index)
-                if result.valid[index]:
-                    level = start_levels[index]
-                    for term in result.terms[index]:
-                        level += term
-                        if self.subtract:
-                            model.data -= term
-                    model.meta.background.method = str(self.skymethod)
-                    model.meta.background.level = float(level)
-                    model.meta.background.subtracted = bool(self.subtract)
-                    model.meta.cal_step.skymatch = "COMPLETE"
-                else:
-                    model.meta.cal_step.skymatch = "SKIPPED"
-                library.shelve(model, index)
-                del model
-                _release(on_disk)
+    def _updates(self, result, members):
+        """Turn the engine's result into what to write into each model."""
+        updates = []
+        for index, member in enumerate(members):
+            if not result.valid[index]:
+                updates.append(_Update(member.name, "SKIPPED", str(self.skymethod)))
+                continue
+            level = member.start_level
+            for term in result.terms[index]:
+                level += term
+            terms = tuple(result.terms[index]) if self.subtract else ()
+            updates.append(_Update(member.name, "COMPLETE", str(self.skymethod), level, terms))
+        return updates
 
-    def _apply_user_sky(self, library):
+    def _apply_user_sky(self, library, *, undo):
         if not self.skylist:
             raise ValueError("skymethod='user' needs a sky value file: set 'skylist'.")
         log.info("Setting the sky of each image to the values in %s.", self.skylist)
         with library:
             names = []
             for index in range(len(library)):
-                model = library.borrow(index)
-                names.append(_model_name(model, index))
-                library.shelve(model, index, modify=False)
+                model = _borrow(library, index)
+                try:
+                    names.append(_model_name(model, index))
+                    if self.subtract:
+                        _check_subtractable(model, names[-1])
+                finally:
+                    library.shelve(model, index, modify=False)
         values = read_skylist(self.skylist, names)
-        with library:
-            for index, level in enumerate(values):
-                model = library.borrow(index)
-                model.meta.background.level = level
-                model.meta.background.subtracted = bool(self.subtract)
-                model.meta.background.method = "user"
-                if self.subtract:
-                    model.data -= level
-                model.meta.cal_step.skymatch = "COMPLETE"
-                library.shelve(model, index)
+        terms = [(level,) if self.subtract else () for level in values]
+        updates = [
+            _Update(name, "COMPLETE", "user", level, t)
+            for name, level, t in zip(names, values, terms, strict=True)
+        ]
+        _write_back(
+            library, updates, subtract=self.subtract, on_disk=_is_on_disk(library), undo=undo
+        )
+        _log_levels(updates)
         return library
 
 
@@ -293,6 +325,16 @@ class _Library(ModelLibrary):
             view = self.__dict__["_asn_view"] = super().asn
         return view
 
+    def _filename_to_group_id(self, filename):
+        # Members without a group_id in the association are read when the
+        # library is created; a file that cannot be read is named.
+        try:
+            return super()._filename_to_group_id(filename)
+        except NoGroupID:
+            raise
+        except Exception as err:
+            raise OSError(f"Cannot read {filename!r}: {type(err).__name__}: {err}") from err
+
 
 #: jwst's name for the step class, for scripts that switch imports.
 SkyMatchStep = SkymatchStep
@@ -305,6 +347,8 @@ def _n_workers(maximum_cores):
     except AttributeError:  # pragma: no cover - not on Linux
         available = os.cpu_count() or 1
     value = str(maximum_cores).strip().lower()
+    if value in ("none", "one"):  # stcal's words for "no parallel processing"
+        return 1
     fractions = {"all": 1.0, "half": 0.5, "quarter": 0.25}
     if value in fractions:
         return max(1, int(available * fractions[value]))
@@ -315,22 +359,81 @@ def _n_workers(maximum_cores):
     if n < 1:
         raise ValueError(
             f"maximum_cores={maximum_cores!r} is not valid: use a positive integer, "
-            "'quarter', 'half' or 'all'."
+            "'none', 'one', 'quarter', 'half' or 'all'."
         )
     return min(n, available)
+
+
+def _check_stepsize(stepsize):
+    """Reject a ``stepsize`` that is neither None nor a positive integer.
+
+    The spec keeps jwst's ``integer(default=None)`` so that jwst parameter
+    files load unchanged; the sign is checked here.
+    """
+    if stepsize is None:
+        return
+    is_int = isinstance(stepsize, (int, np.integer)) and not isinstance(stepsize, bool)
+    if is_int and stepsize > 0:
+        return
+    raise ValueError(
+        f"stepsize={stepsize!r} is not valid: use None (image corners only) or a "
+        "positive integer (maximum spacing of footprint vertices, in pixels)."
+    )
 
 
 def _model_name(model, index):
     return model.meta.filename or f"model #{index}"
 
 
-def _check_model(model, name):
-    data = model.data
-    if data is None or np.ndim(data) != 2:
-        raise ValueError(f"Image {name!r}: data must be a 2-D image, got shape {np.shape(data)}.")
+def _check_model(model, name, dqbits):
+    """Check that ``model`` is a 2-D image with a WCS; return its shape.
+
+    With ``dqbits`` set, its DQ array must have the shape of the data; a
+    model without a DQ array is measured on its finite pixels.
+    """
+    data = getattr(model, "data", None)
+    kind = type(model).__name__
+    if data is None:
+        raise ValueError(
+            f"Image {name!r}: data must be a 2-D image, but this {kind} has no data array."
+        )
+    if np.ndim(data) != 2:
+        raise ValueError(
+            f"Image {name!r}: data must be a 2-D image, got shape {np.shape(data)} ({kind})."
+        )
     if getattr(model.meta, "wcs", None) is None:
         raise ValueError(f"Image {name!r} has no WCS (meta.wcs); run assign_wcs on it first.")
-    return tuple(int(n) for n in data.shape)
+    shape = tuple(int(n) for n in data.shape)
+    if dqbits is not None:
+        dq = getattr(model, "dq", None)
+        if dq is None:
+            log.info("Image %r has no DQ array: all its finite pixels are usable.", name)
+        elif np.shape(dq) != shape:
+            raise ValueError(
+                f"Image {name!r}: its DQ array has shape {np.shape(dq)} but its data "
+                f"have shape {shape}; they must be the same."
+            )
+    return shape
+
+
+def _check_subtractable(model, name):
+    """Check, before any model changes, that the sky can be subtracted in place."""
+    data = getattr(model, "data", None)
+    if data is None:
+        raise ValueError(
+            f"Image {name!r}: the sky cannot be subtracted: this "
+            f"{type(model).__name__} has no data array."
+        )
+    if not np.issubdtype(data.dtype, np.floating):
+        raise ValueError(
+            f"Image {name!r}: the sky cannot be subtracted from data of type "
+            f"{data.dtype}; subtract=True needs floating-point data."
+        )
+    if not data.flags.writeable:
+        raise ValueError(
+            f"Image {name!r}: its data array is read-only, so the sky cannot be "
+            "subtracted (subtract=True); make it writeable or use subtract=False."
+        )
 
 
 def _parse_dqbits(dqbits):
@@ -349,13 +452,15 @@ def _good_pixels(model, dqbits):
 
     ``dqbits`` is the integer of flags to *ignore* (astropy's
     ``interpret_bit_flags`` convention); a pixel with any other flag set
-    is rejected. Computed with one integer temporary, not the several of
+    is rejected; a model without DQ array has only its finite pixels
+    checked. Computed with one integer temporary, not the several of
     ``bitfield_to_boolean_mask``, to keep the memory per image small.
     """
     good = np.isfinite(model.data)
-    if dqbits is None:
+    dq = getattr(model, "dq", None)
+    if dqbits is None or dq is None:
         return good
-    dq = np.asarray(model.dq)
+    dq = np.asarray(dq)
     if dq.dtype.kind != "u":
         dq = dq.astype(np.uint32)  # as astropy interprets a signed bit field
     bad = dq.dtype.type(~int(dqbits) & np.iinfo(dq.dtype).max)
@@ -448,7 +553,7 @@ def _library_pixels(library, index, dqbits, on_disk):
     @contextlib.contextmanager
     def pixels():
         with _LEDGER_LOCK:
-            model = library.borrow(index)
+            model = _borrow(library, index)
         try:
             data = model.data
             good = _good_pixels(model, dqbits)
@@ -494,3 +599,276 @@ def _wcs_callables(wcs):
             return backward_tr(ra, dec, with_bounding_box=False)
 
     return forward, inverse
+
+
+# -- reading members ---------------------------------------------------------
+
+
+def _shares_models(given, opened):
+    """Whether ``opened`` holds the content of models of ``given``.
+
+    A `ModelContainer` made from a list of models wraps each in a new model
+    object over the same tree and arrays, so the trees are compared.
+    """
+    if not isinstance(given, (ModelContainer, list, tuple)):
+        return False
+    if not isinstance(opened, (ModelContainer, list, tuple)):
+        return False
+    trees = {id(m.instance) for m in given if isinstance(m, JwstDataModel)}
+    return any(isinstance(m, JwstDataModel) and id(m.instance) in trees for m in opened)
+
+
+def _borrow(library, index):
+    """Borrow model ``index``; an error opening it names its file.
+
+    ``library.borrow`` opens an association member on first use (and, for
+    an on-disk library, on every use); a truncated or unreadable file
+    otherwise surfaces as a bare numpy or FITS error.
+    """
+    try:
+        return library.borrow(index)
+    except (BorrowError, ClosedLibraryError, MemoryError):
+        raise
+    except Exception as err:
+        raise OSError(
+            f"Cannot read image {index + 1} of {len(library)} "
+            f"({_member_path(library, index)}): {type(err).__name__}: {err}"
+        ) from err
+
+
+def _member_path(library, index):
+    """Name the file of association member ``index`` (or its index)."""
+    try:
+        expname = library.asn["products"][0]["members"][index]["expname"]
+    except (KeyError, IndexError, TypeError):
+        return f"member #{index}"
+    asn_dir = getattr(library, "asn_dir", None)
+    if asn_dir in (None, "None") or os.path.isabs(expname):
+        return repr(str(expname))
+    return repr(os.path.join(asn_dir, expname))
+
+
+def _association_of(paths):
+    """Make an association dictionary listing the files ``paths``.
+
+    stpipe's library keeps models on disk only for an association; a list
+    of file names becomes one, with absolute paths so that the members
+    are found whatever the working directory. Group ids are read from the
+    files by the library, as for an association file. A list holding
+    anything but paths is returned unchanged (the library rejects it).
+    """
+    if not all(isinstance(p, (str, os.PathLike)) for p in paths):
+        return paths
+    members = [{"expname": os.path.abspath(os.fspath(p)), "exptype": "science"} for p in paths]
+    return {"asn_id": "skymatch", "products": [{"name": "skymatch", "members": members}]}
+
+
+# -- writing results back ----------------------------------------------------
+
+
+@dataclass
+class _Member:
+    """What the first pass learned about one model."""
+
+    name: str
+    start_level: float
+
+
+@dataclass
+class _Update:
+    """What to write into one model.
+
+    ``terms`` are subtracted from the data one after the other (empty when
+    nothing is subtracted); ``level`` is None for a skipped image.
+    """
+
+    name: str
+    status: str
+    method: str
+    level: float | None = None
+    terms: tuple = ()
+
+
+_BACKGROUND_KEYS = ("method", "level", "subtracted")
+
+
+@dataclass
+class _Undo:
+    """How to put one model back as it was before the write-back.
+
+    The metadata are small and saved as they were. The data are restored
+    by adding the subtracted terms back in reverse order, which is exact
+    for most pixels; the original values of the pixels where it is not
+    (by a bit-for-bit check done when subtracting) are kept, or a copy of
+    the whole array when that is smaller.
+    """
+
+    background: dict | None
+    skymatch: object
+    had_cal_step: bool
+    terms: tuple = ()
+    index: np.ndarray | None = None
+    values: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, model):
+        meta = model.instance.setdefault("meta", {})
+        background = meta.get("background")
+        cal_step = meta.get("cal_step")
+        return cls(
+            background=None if background is None else dict(background),
+            skymatch=None if cal_step is None else cal_step.get("skymatch", _ABSENT),
+            had_cal_step=cal_step is not None,
+        )
+
+    def subtract(self, data, terms):
+        """Subtract ``terms`` from ``data`` in place and remember how to undo it."""
+        original = data.copy()
+        try:
+            for term in terms:
+                data -= term
+            back = data.copy()
+            for term in reversed(terms):
+                back += term
+        except BaseException:
+            data[...] = original
+            raise
+        self.terms = tuple(terms)
+        uint = {2: np.uint16, 4: np.uint32, 8: np.uint64}.get(original.dtype.itemsize)
+        if uint is not None:
+            index = np.flatnonzero(back.view(uint) != original.view(uint))
+            del back
+            if index.size * (index.itemsize + original.itemsize) < original.nbytes:
+                self.index = index
+                self.values = original.ravel()[index]
+                return
+        self.values = original
+
+    def restore(self, model):
+        """Put the data and metadata of ``model`` back as they were."""
+        if self.values is not None:
+            data = model.data
+            if self.index is None:
+                data[...] = self.values
+            else:
+                for term in reversed(self.terms):
+                    data += term
+                data.flat[self.index] = self.values
+        meta = model.instance["meta"]
+        if self.background is None:
+            meta.pop("background", None)
+        else:
+            meta["background"] = dict(self.background)
+        if not self.had_cal_step:
+            meta.pop("cal_step", None)
+        elif self.skymatch is _ABSENT:
+            meta.get("cal_step", {}).pop("skymatch", None)
+        else:
+            meta.setdefault("cal_step", {})["skymatch"] = self.skymatch
+
+
+_ABSENT = object()
+
+
+def _write_back(library, updates, *, subtract, on_disk, undo):
+    """Write ``updates`` into the models of ``library``, all or nothing.
+
+    Every borrowed model is returned on every path. When something fails
+    and ``undo`` is True (a library the caller passed and will see
+    again), the models already changed are put back as they were before
+    the error is re-raised, so that no model is left subtracted while
+    others are not.
+    """
+    done = []
+    with library:
+        try:
+            for index, update in enumerate(updates):
+                record = _update_model(library, index, update, subtract=subtract, undo=undo)
+                if undo:
+                    done.append((index, record))
+                _release(on_disk)
+        except BaseException:
+            if done:
+                log.error(
+                    "Writing the sky levels failed at image %d of %d; restoring the %d "
+                    "image(s) already updated.",
+                    len(done) + 1,
+                    len(updates),
+                    len(done),
+                )
+            _undo_all(library, done)
+            raise
+
+
+def _update_model(library, index, update, *, subtract, undo):
+    model = _borrow(library, index)
+    record = _Undo.of(model) if undo else None
+    try:
+        if update.status == "COMPLETE":
+            if update.terms:
+                if record is not None:
+                    record.subtract(model.data, update.terms)
+                else:
+                    for term in update.terms:
+                        model.data -= term
+            bkg = model.meta.background
+            bkg.method = update.method
+            bkg.level = float(update.level)
+            bkg.subtracted = bool(subtract)
+        model.meta.cal_step.skymatch = update.status
+        library.shelve(model, index)
+    except BaseException:
+        if record is not None:
+            record.restore(model)
+        _give_back(library, model, index, restored=record is not None)
+        raise
+    return record
+
+
+def _give_back(library, model, index, *, restored):
+    """Return a model still borrowed after an error (best effort)."""
+    if restored:
+        # An on-disk library may have half-written its temporary file.
+        with contextlib.suppress(Exception):
+            library.shelve(model, index, modify=True)
+            return
+    with contextlib.suppress(Exception):
+        library.shelve(model, index, modify=False)
+
+
+def _undo_all(library, done):
+    for index, record in reversed(done):
+        try:
+            model = library.borrow(index)
+        except Exception as err:  # report, and restore the others
+            log.error("Could not restore image %d: %s", index + 1, err)
+            continue
+        try:
+            record.restore(model)
+        except Exception as err:
+            log.error("Could not restore image %d: %s", index + 1, err)
+        _give_back(library, model, index, restored=True)
+
+
+def _log_levels(updates, *, max_lines=20):
+    """Log each image's level and status, or a summary when there are many."""
+    if len(updates) <= max_lines:
+        for update in updates:
+            if update.status == "COMPLETE":
+                log.info("%s: sky level %.7g (%s)", update.name, update.level, update.status)
+            else:
+                log.info("%s: no sky level (%s)", update.name, update.status)
+        return
+    levels = np.array([u.level for u in updates if u.status == "COMPLETE"], dtype=float)
+    skipped = [u.name for u in updates if u.status != "COMPLETE"]
+    text = f"Sky levels of {len(updates)} images: {levels.size} COMPLETE, {len(skipped)} SKIPPED"
+    if levels.size:
+        text += (
+            f"; level min {levels.min():.7g}, median {np.median(levels):.7g}, "
+            f"max {levels.max():.7g}"
+        )
+    if skipped:
+        shown = ", ".join(skipped[:max_lines])
+        more = f" and {len(skipped) - max_lines} more" if len(skipped) > max_lines else ""
+        text += f"; skipped: {shown}{more}"
+    log.info("%s.", text)
