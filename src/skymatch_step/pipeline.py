@@ -28,6 +28,14 @@ class SkymatchImage3Pipeline(Image3Pipeline):
     ``STPIPE_DISABLE_CRDS_STEPPARS`` does not disable them; otherwise the
     pipeline runs offline with default parameters.
 
+    Without CRDS, the steps that need reference files (in jwst 3.0.0 only
+    ``source_catalog``, which reads ``apcorr`` and ``abvegaoffset``) are
+    skipped, with a warning naming them, so that the pipeline still writes
+    its ``_crf`` and ``_i2d`` products offline. A step still runs when the
+    caller set its ``skip`` parameter (e.g.
+    ``--steps.source_catalog.skip=false``) or gave an override for each of
+    its reference files (``override_<reftype>``).
+
     The library the pipeline creates from its input builds its read-only
     association view once, as the step's own libraries do (jwst's rebuilds
     it several times per model borrowed, which is O(N^2) in every step of
@@ -35,6 +43,81 @@ class SkymatchImage3Pipeline(Image3Pipeline):
     """
 
     step_defs: ClassVar[dict] = {**Image3Pipeline.step_defs, "skymatch": SkymatchStep}
+
+    def __init__(self, name=None, parent=None, config_file=None, _validate_kwds=True, **kws):
+        super().__init__(
+            name=name, parent=parent, config_file=config_file, _validate_kwds=_validate_kwds, **kws
+        )
+        # Keywords given directly name what the caller chose; a validated
+        # configuration (``from_config_section``) holds every default, so
+        # there the choice is read before validation.
+        self._chosen_skips = _steps_with_skip(kws) if _validate_kwds else frozenset()
+
+    @classmethod
+    def from_config_section(cls, config, parent=None, name=None, config_file=None):
+        """Create the pipeline from a configuration, remembering the skips it sets.
+
+        Parameters
+        ----------
+        config : configobj.Section
+            Pipeline parameters, with a ``steps`` section for its steps.
+        parent : Step or None, optional
+            The parent step.
+        name : str or None, optional
+            Name of the instance.
+        config_file : str or None, optional
+            File the configuration came from.
+
+        Returns
+        -------
+        SkymatchImage3Pipeline
+        """
+        chosen = _steps_with_skip(config)
+        pipeline = super().from_config_section(
+            config, parent=parent, name=name, config_file=config_file
+        )
+        pipeline._chosen_skips = chosen
+        return pipeline
+
+    def run(self, *args):
+        """Run the pipeline; without CRDS, first skip the steps needing reference files.
+
+        Parameters
+        ----------
+        *args
+            The input (an association, a `ModelLibrary`, ...).
+
+        Returns
+        -------
+        object
+            What jwst's ``Image3Pipeline`` returns.
+        """
+        if not _crds_configured():
+            self._skip_steps_needing_references()
+        return super().run(*args)
+
+    def _skip_steps_needing_references(self):
+        """Skip unconfigured steps that would ask CRDS for reference files."""
+        chosen = getattr(self, "_chosen_skips", frozenset())
+        skipped = []
+        for name in self.step_defs:
+            step = getattr(self, name)
+            reftypes = list(step.reference_file_types)
+            if step.skip or not reftypes or name in chosen:
+                continue
+            if all(step.get_ref_override(reftype) is not None for reftype in reftypes):
+                continue
+            step.skip = True
+            skipped.append(f"{name} ({', '.join(reftypes)})")
+        if skipped:
+            log.warning(
+                "CRDS is not configured (neither CRDS_SERVER_URL nor CRDS_PATH is set): "
+                "skipping the step(s) that need CRDS reference files: %s. To run them, "
+                "configure CRDS (e.g. CRDS_SERVER_URL=https://jwst-crds.stsci.edu and "
+                "CRDS_PATH=$HOME/crds_cache), or set their 'skip' parameter explicitly "
+                "(e.g. --steps.source_catalog.skip=false) with override_<reftype> files.",
+                "; ".join(skipped),
+            )
 
     @classmethod
     def get_config_from_reference(cls, dataset, disable=None, crds_observatory=None):
@@ -77,6 +160,22 @@ class SkymatchImage3Pipeline(Image3Pipeline):
         tuple of str
         """
         return ("skymatch_step", *Image3Pipeline.get_stpipe_loggers())
+
+
+def _steps_with_skip(config):
+    """Names of the steps whose ``skip`` parameter ``config`` sets.
+
+    Parameters
+    ----------
+    config : dict-like
+        Pipeline parameters as given (``{"steps": {"name": {...}}}``).
+
+    Returns
+    -------
+    frozenset of str
+    """
+    steps = config.get("steps") or {}
+    return frozenset(name for name, pars in steps.items() if pars and "skip" in pars)
 
 
 def _crds_configured():
