@@ -92,12 +92,17 @@ class SkymatchImage3Pipeline(Image3Pipeline):
         object
             What jwst's ``Image3Pipeline`` returns.
         """
-        if not _crds_configured():
-            self._skip_steps_needing_references()
+        self._skip_steps_needing_references()
         return super().run(*args)
 
     def _skip_steps_needing_references(self):
-        """Skip unconfigured steps that would ask CRDS for reference files."""
+        """Without CRDS, skip the steps that would ask it for reference files.
+
+        Steps whose ``skip`` the caller set, and steps given an override
+        for each of their reference files, are left as they are.
+        """
+        if _crds_configured():
+            return
         chosen = getattr(self, "_chosen_skips", frozenset())
         skipped = []
         for name in self.step_defs:
