@@ -36,6 +36,12 @@ class SkymatchImage3Pipeline(Image3Pipeline):
     ``--steps.source_catalog.skip=false``) or gave an override for each of
     its reference files (``override_<reftype>``).
 
+    jwst's ``tweakreg`` can only correct WCSs built by jwst's
+    ``assign_wcs`` (with a ``v2v3`` frame); when the input's WCSs have no
+    such frame (simulated files, say), ``tweakreg`` is skipped with a
+    warning instead of stopping the pipeline with tweakwcs's
+    "Unsupported WCS structure" error, unless the caller set its ``skip``.
+
     The library the pipeline creates from its input builds its read-only
     association view once, as the step's own libraries do (jwst's rebuilds
     it several times per model borrowed, which is O(N^2) in every step of
@@ -154,7 +160,31 @@ class SkymatchImage3Pipeline(Image3Pipeline):
             # _Library adds no state, only a cached ``asn`` view, so the
             # library jwst just built can take its class.
             library.__class__ = _Library
+            self._skip_tweakreg_without_v2v3(library)
         return library
+
+    def _skip_tweakreg_without_v2v3(self, library):
+        """Skip tweakreg, with a warning, if the first image's WCS has no v2v3 frame."""
+        chosen = getattr(self, "_chosen_skips", frozenset())
+        if self.tweakreg.skip or "tweakreg" in chosen or len(library) == 0:
+            return
+        with library:
+            model = library.borrow(0)
+            try:
+                wcs = model.meta.wcs
+                frames = list(wcs.available_frames) if wcs is not None else []
+                name = model.meta.filename
+            finally:
+                library.shelve(model, 0, modify=False)
+        if "v2v3" not in frames:
+            self.tweakreg.skip = True
+            log.warning(
+                "Skipping tweakreg: the WCS of %s has no 'v2v3' frame (frames: %s), which "
+                "tweakreg needs (WCSs made by jwst's assign_wcs have one; simulated ones do "
+                "not). Set --steps.tweakreg.skip=false to run it anyway.",
+                name,
+                ", ".join(map(str, frames)) or "none",
+            )
 
     @staticmethod
     def get_stpipe_loggers():
