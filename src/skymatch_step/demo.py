@@ -33,7 +33,8 @@ _STAT_SCATTER = {
 }
 # An offset error compares two levels (sqrt(2)), each a least-squares
 # combination of pair differences of two statistics (at most sqrt(2)
-# scatters): at most 2 statistic scatters. The verdict is at 5 sigma.
+# scatters): at most 2 statistic scatters. The verdict is at 5 sigma
+# (default settings, seeds 0 to 39: the largest error is 0.56 of it).
 _SIGMAS = 5.0
 
 
