@@ -6,7 +6,13 @@ skymatch step and the Image3 pipeline (with tweakreg and source catalog
 skipped) to run on them offline: a gwcs WCS built from astropy models with
 a mild optical distortion, diffuse emission that is consistent across
 tiles, stars, noise, cosmic rays, DQ flags with NaN bad pixels, and a
-known additive sky level per exposure.
+known additive sky level per exposure (optionally a different one per
+detector), and optionally a large masked region (like a coronagraphic
+mask) in chosen images.
+
+From the command line, ``skymatch-simulate`` (or ``python -m
+skymatch_step.simulate``) writes a mosaic and its association and prints
+the true sky of every image.
 
 Examples
 --------
@@ -18,7 +24,9 @@ PosixPath('sim/sim_asn.json')
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +40,7 @@ __all__ = [
     "MosaicSpec",
     "MosaicTruth",
     "TileSpec",
+    "main",
     "make_gwcs",
     "make_image_model",
     "simulate_mosaic",
@@ -40,6 +49,9 @@ __all__ = [
 
 #: NIRCam short-wave-like pixel scale, arcsec per pixel.
 DEFAULT_PIXEL_SCALE = 0.031
+
+#: Shapes of the masked region (``MosaicSpec.masked_region``).
+MASK_SHAPES = ("quadrant", "disc")
 
 
 @dataclass(frozen=True)
@@ -75,7 +87,8 @@ class MosaicSpec:
         Number of exposures (dither/mosaic positions).
     detectors_per_exposure : int
         Detectors in each exposure (1, 2 or 4), laid out 2 x 2 with gaps;
-        they share the exposure's sky level and sky group.
+        they share the exposure's sky group and, unless
+        ``detector_sky_scatter`` is set, its sky level.
     shape : tuple of int
         Image shape ``(ny, nx)``.
     overlap : float
@@ -111,6 +124,21 @@ class MosaicSpec:
         disconnected sets of images.
     seed : int
         Seed of the random generator.
+    detector_sky_scatter : float
+        Standard deviation (MJy/sr) of a per-detector sky offset: each
+        detector of an exposure gets the exposure's sky plus its own
+        offset (normal, rounded to 1e-4), so the detectors of one sky
+        group differ. 0 (the default) gives every detector the exposure's
+        sky.
+    masked_region : {None, 'quadrant', 'disc'}
+        A large unusable region, like a coronagraphic mask, set to NaN and
+        flagged ``DO_NOT_USE`` inside the image outline (the WCS footprint
+        is unchanged): ``'quadrant'`` is the image's upper-right quarter
+        (25% of the pixels), ``'disc'`` a centred disc whose radius is 0.3
+        of the shorter side (about 28%). `None` (the default): no mask.
+    masked_images : tuple of int
+        Images that get ``masked_region``: 0-based positions in the order
+        of `MosaicTruth.files` (exposure by exposure, detectors in turn).
     """
 
     n_exposures: int = 4
@@ -130,6 +158,19 @@ class MosaicSpec:
     center: tuple[float, float] = (53.16, -27.78)
     gap: tuple[int, int] | None = None
     seed: int = 1
+    detector_sky_scatter: float = 0.0
+    masked_region: str | None = None
+    masked_images: tuple[int, ...] = (0,)
+
+    def __post_init__(self):
+        if self.masked_region not in (None, *MASK_SHAPES):
+            raise ValueError(
+                f"masked_region must be None or one of {MASK_SHAPES}, not {self.masked_region!r}"
+            )
+        if not self.detector_sky_scatter >= 0:
+            raise ValueError(
+                f"detector_sky_scatter must be >= 0 MJy/sr, not {self.detector_sky_scatter!r}"
+            )
 
 
 @dataclass
@@ -143,12 +184,16 @@ class MosaicTruth:
     asn_path : pathlib.Path or None
         The level-3 association listing the files.
     sky : dict
-        Sky level added to each image, keyed by file name.
+        Sky level added to each image (the exposure's sky plus the
+        detector's offset, if any), keyed by file name.
     exposure : dict
         Exposure number of each image, keyed by file name.
     scene : object or None
         The simulated sky without the exposure sky levels: its
         ``diffuse(ra, dec)`` method gives the diffuse emission (MJy/sr).
+    masked_fraction : dict
+        Fraction of each image's pixels inside the masked region (0 for
+        images without one), keyed by file name.
     """
 
     files: list[Path] = field(default_factory=list)
@@ -156,6 +201,7 @@ class MosaicTruth:
     sky: dict[str, float] = field(default_factory=dict)
     exposure: dict[str, int] = field(default_factory=dict)
     scene: object = None
+    masked_fraction: dict[str, float] = field(default_factory=dict)
 
 
 def make_gwcs(shape, ra, dec, rotation, *, pixel_scale=DEFAULT_PIXEL_SCALE, distortion=0.0):
@@ -320,8 +366,13 @@ class _Scene:
         return out
 
 
-def _render(spec, scene, tile, rng):
-    """Pixel data, DQ and variance arrays of one tile (float32)."""
+def _render(spec, scene, tile, rng, sky, masked):
+    """Pixel data, DQ and variance arrays of one tile (float32).
+
+    ``sky`` is the tile's sky level; ``masked`` whether it gets the
+    spec's masked region. Neither draws from ``rng``, so a spec without
+    them renders as before they existed.
+    """
     from stdatamodels.jwst.datamodels import dqflags
 
     ny, nx = spec.shape
@@ -351,8 +402,7 @@ def _render(spec, scene, tile, rng):
         inside = (sx > -10) & (sx < nx + 10) & (sy > -10) & (sy < ny + 10)
         _add_stars(data, sx[inside], sy[inside], scene.star_flux[inside], sigma=1.5)
 
-    exposure_sky = spec_sky(spec)[tile.exposure - 1]
-    data += exposure_sky
+    data += sky
     if spec.noise > 0:
         data += rng.normal(0.0, spec.noise, size=data.shape)
     dq = np.zeros(spec.shape, dtype=np.uint32)
@@ -369,8 +419,46 @@ def _render(spec, scene, tile, rng):
         # a few flagged but finite pixels (reference pixels, saturated)
         idx2 = rng.choice(npix, size=nbad, replace=False)
         dq.flat[idx2] |= dqflags.pixel["SATURATED"]
+    if masked:
+        region = _mask_region(spec.masked_region, spec.shape)
+        data[region] = np.nan
+        dq[region] |= dqflags.pixel["DO_NOT_USE"]
     var = np.full(spec.shape, max(spec.noise, 1e-4) ** 2, dtype=np.float32)
-    return wcs, data.astype(np.float32), dq, var, exposure_sky
+    return wcs, data.astype(np.float32), dq, var
+
+
+def _mask_region(shape_name, shape):
+    """Boolean mask of the masked region ``shape_name`` in an image of ``shape``."""
+    ny, nx = shape
+    yy, xx = np.ogrid[0:ny, 0:nx]
+    if shape_name == "quadrant":
+        return (yy >= ny // 2) & (xx >= nx // 2)
+    radius = 0.3 * min(nx, ny)
+    return (xx - (nx - 1) / 2.0) ** 2 + (yy - (ny - 1) / 2.0) ** 2 <= radius**2
+
+
+def _tile_skies(spec, tiles):
+    """Sky level of every tile: its exposure's, plus a detector offset if asked."""
+    exposure_sky = spec_sky(spec)
+    skies = [exposure_sky[t.exposure - 1] for t in tiles]
+    if spec.detector_sky_scatter > 0:
+        rng = np.random.default_rng(spec.seed + 3000)
+        offsets = rng.normal(0.0, spec.detector_sky_scatter, len(tiles))
+        skies = [float(np.round(s + o, 4)) for s, o in zip(skies, offsets, strict=True)]
+    return skies
+
+
+def _masked_tiles(spec, n_tiles):
+    """Whether each tile gets the masked region; checks ``masked_images``."""
+    if spec.masked_region is None:
+        return [False] * n_tiles
+    bad = [i for i in spec.masked_images if not 0 <= i < n_tiles]
+    if bad:
+        raise ValueError(
+            f"masked_images {bad} out of range: the mosaic has {n_tiles} images "
+            f"(0 to {n_tiles - 1})"
+        )
+    return [i in spec.masked_images for i in range(n_tiles)]
 
 
 def _bilinear(coarse, gx, gy, nx, ny):
@@ -568,19 +656,32 @@ def simulate_mosaic(spec):
     truth : MosaicTruth
         The sky level and exposure of each image (keyed by file name).
     """
-    tiles, scene = _tiles_and_scene(spec)
-    rng = np.random.default_rng(spec.seed)
-    truth = MosaicTruth(scene=scene)
     models_out = []
-    for tile in tiles:
-        wcs, data, dq, var, sky = _render(spec, scene, tile, rng)
+    truth = MosaicTruth()
+    for model in _models(spec, truth):
+        models_out.append(model)
+    return models_out, truth
+
+
+def _models(spec, truth):
+    """Render the mosaic's models one at a time, recording their truth."""
+    tiles, scene = _tiles_and_scene(spec)
+    skies = _tile_skies(spec, tiles)
+    masked = _masked_tiles(spec, len(tiles))
+    rng = np.random.default_rng(spec.seed)
+    truth.scene = scene
+    for tile, sky, mask in zip(tiles, skies, masked, strict=True):
+        wcs, data, dq, var = _render(spec, scene, tile, rng, sky, mask)
         model = make_image_model(
             data, wcs, dq=dq, var=var, exposure=tile.exposure, detector=tile.detector
         )
-        truth.sky[model.meta.filename] = sky
-        truth.exposure[model.meta.filename] = tile.exposure
-        models_out.append(model)
-    return models_out, truth
+        name = model.meta.filename
+        truth.sky[name] = sky
+        truth.exposure[name] = tile.exposure
+        truth.masked_fraction[name] = (
+            float(_mask_region(spec.masked_region, spec.shape).mean()) if mask else 0.0
+        )
+        yield model
 
 
 def write_mosaic(spec, directory, *, product_name="sim"):
@@ -602,21 +703,13 @@ def write_mosaic(spec, directory, *, product_name="sim"):
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tiles, scene = _tiles_and_scene(spec)
-    rng = np.random.default_rng(spec.seed)
-    truth = MosaicTruth(scene=scene)
+    truth = MosaicTruth()
     # Render and write one image at a time: memory stays at one image.
-    for tile in tiles:
-        wcs, data, dq, var, sky = _render(spec, scene, tile, rng)
-        model = make_image_model(
-            data, wcs, dq=dq, var=var, exposure=tile.exposure, detector=tile.detector
-        )
+    for model in _models(spec, truth):
         path = directory / model.meta.filename
         model.save(path)
         model.close()
         truth.files.append(path)
-        truth.sky[path.name] = sky
-        truth.exposure[path.name] = tile.exposure
     truth.asn_path = write_association(
         truth.files, directory / f"{product_name}_asn.json", product_name=product_name
     )
@@ -661,3 +754,117 @@ def write_association(files, path, *, product_name="sim"):
     }
     path.write_text(json.dumps(asn, indent=2))
     return path
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(
+        prog="skymatch-simulate",
+        description=(
+            "Write a simulated JWST-like mosaic (NIRCam-like _cal.fits files with a known sky "
+            "level per exposure) and its level-3 association, then print the association's "
+            "path and the true sky of every image. No network or CRDS needed."
+        ),
+    )
+    d = MosaicSpec()
+    p.add_argument("--outdir", default="sim", help="output directory (default: ./sim)")
+    p.add_argument("--product-name", default="sim", help="association product name (default sim)")
+    p.add_argument("--exposures", type=int, default=d.n_exposures, help="number of exposures")
+    p.add_argument(
+        "--detectors",
+        type=int,
+        default=d.detectors_per_exposure,
+        choices=(1, 2, 4),
+        help="detectors per exposure (one sky group per exposure)",
+    )
+    p.add_argument("--size", type=int, default=d.shape[0], help="image size in pixels")
+    p.add_argument(
+        "--overlap",
+        type=float,
+        default=d.overlap,
+        help="fraction of a tile shared with a neighbour",
+    )
+    p.add_argument("--noise", type=float, default=d.noise, help="pixel noise (MJy/sr)")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed")
+    p.add_argument(
+        "--sky-levels",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="SKY",
+        help="sky of each exposure in MJy/sr (default: random in [0.1, 0.5])",
+    )
+    p.add_argument(
+        "--detector-sky-scatter",
+        type=float,
+        default=0.0,
+        metavar="SIGMA",
+        help="give each detector its own sky: exposure sky + normal offset of this spread (MJy/sr)",
+    )
+    p.add_argument(
+        "--masked-region",
+        choices=MASK_SHAPES,
+        default=None,
+        help="flag a large region (coronagraph-like mask) DO_NOT_USE and NaN",
+    )
+    p.add_argument(
+        "--masked-images",
+        type=int,
+        nargs="+",
+        default=[0],
+        metavar="INDEX",
+        help="0-based images (in file order) that get --masked-region (default: 0)",
+    )
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    """Run the ``skymatch-simulate`` command.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Command-line arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        Exit status: 0, or 2 for invalid options.
+    """
+    args = _parse(argv)
+    try:
+        spec = MosaicSpec(
+            n_exposures=args.exposures,
+            detectors_per_exposure=args.detectors,
+            shape=(args.size, args.size),
+            overlap=args.overlap,
+            noise=args.noise,
+            seed=args.seed,
+            sky_levels=None if args.sky_levels is None else tuple(args.sky_levels),
+            detector_sky_scatter=args.detector_sky_scatter,
+            masked_region=args.masked_region,
+            masked_images=tuple(args.masked_images),
+        )
+        # Check the options before writing anything.
+        _masked_tiles(spec, spec.n_exposures * spec.detectors_per_exposure)
+        spec_sky(spec)
+    except ValueError as err:
+        print(f"skymatch-simulate: {err}", file=sys.stderr)
+        return 2
+    truth = write_mosaic(spec, args.outdir, product_name=args.product_name)
+    print(f"Wrote {len(truth.files)} images and the association {truth.asn_path}")
+    header = f"{'image':45s} {'exp':>3s} {'true sky':>9s} masked"
+    print(header)
+    print("-" * len(header))
+    for path in truth.files:
+        name = path.name
+        masked = truth.masked_fraction[name]
+        print(
+            f"{name:45s} {truth.exposure[name]:3d} {truth.sky[name]:9.4f} "
+            f"{f'{masked:.0%}' if masked else '-'}"
+        )
+    print(f"\nTry: strun skymatch_step {truth.asn_path}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
