@@ -357,7 +357,9 @@ def test_prefix_directory_not_writable(tmp_path):
 
 def test_missing_matplotlib(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(MissingDependencyError, match=r'pip install "skymatch-step\[plot\]"'):
+    with pytest.raises(
+        MissingDependencyError, match=r'Install the .plot. extra: pip install "\.\[plot\]"'
+    ):
         require_matplotlib()
     with pytest.raises(ImportError, match="needs matplotlib"):
         check_diagnostics_prefix(tmp_path / "run", plot=True)

@@ -230,7 +230,9 @@ def test_diagnostics_need_matplotlib_for_the_plot(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     models = _gradient_models(SKIES, POSITIONS)
     library = ModelLibrary(models)
-    with pytest.raises(SkymatchError, match=r"pip install \"skymatch-step\[plot\]\""):
+    with pytest.raises(
+        SkymatchError, match=r"Install the .plot. extra: pip install \"\.\[plot\]\""
+    ):
         SkymatchStep.call(library, diagnostics=str(tmp_path / "d"))
     assert list(tmp_path.iterdir()) == []
     assert all(m.meta.cal_step.skymatch is None for m in models)

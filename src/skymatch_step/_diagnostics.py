@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 #: Suffixes of the files written for a prefix: pair table, image table, plot.
 SUFFIXES = ("_pairs.ecsv", "_images.ecsv", ".png")
 
-_PLOT_EXTRA = 'pip install "skymatch-step[plot]"'
+_PLOT_EXTRA = 'pip install ".[plot]" in your skymatch_step checkout (or pip install matplotlib)'
 
 
 def require_matplotlib():
