@@ -303,3 +303,32 @@ def test_simulate_module_help():
     assert proc.stdout.startswith("usage: skymatch-simulate")
     assert "--masked-region" in proc.stdout
     assert "--detector-sky-scatter" in proc.stdout
+
+
+def test_demo_compares_by_differences_on_a_nebula(capsys):
+    # Strong diffuse emission: pixel differences recover the offsets far
+    # better than jwst's per-image statistics.
+    def worst(argv):
+        assert demo.main(argv) == 0
+        out = capsys.readouterr().out
+        assert "compare=" in out
+        line = next(t for t in out.splitlines() if t.startswith("Largest error"))
+        return float(line.split(":")[1].split()[0])
+
+    base = ["--exposures", "4", "--size", "128", "--detectors", "1", "--diffuse", "5"]
+    stats = worst(base)
+    diffs = worst([*base, "--compare", "differences"])
+    assert diffs < 0.01
+    assert diffs * 10 < stats
+
+
+def test_simulate_command_diffuse_option(tmp_path, capsys):
+    from skymatch_step import simulate
+
+    assert (
+        simulate.main(
+            ["--outdir", str(tmp_path), "--exposures", "2", "--size", "32", "--diffuse", "5"]
+        )
+        == 0
+    )
+    assert (tmp_path / "sim_asn.json").exists()

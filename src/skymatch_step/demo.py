@@ -58,6 +58,18 @@ def _parse(argv):
         help="sky method (default match)",
     )
     p.add_argument("--skystat", default="mode", choices=("mode", "median", "midpt", "mean"))
+    p.add_argument(
+        "--compare",
+        default="statistics",
+        choices=("statistics", "differences"),
+        help="how overlaps are compared (default statistics, as jwst)",
+    )
+    p.add_argument(
+        "--diffuse",
+        type=float,
+        default=None,
+        help="peak of the simulated diffuse emission in MJy/sr (default 0.3; e.g. 5 for a nebula)",
+    )
     p.add_argument("--seed", type=int, default=3, help="random seed")
     p.add_argument("--outdir", default=None, help="keep the files here (default: temporary)")
     p.add_argument("--verbose", action="store_true", help="show the step's log")
@@ -98,6 +110,7 @@ def _run(args):
         detectors_per_exposure=args.detectors,
         shape=(args.size, args.size),
         seed=args.seed,
+        **({} if args.diffuse is None else {"diffuse": args.diffuse}),
     )
     if spec.n_exposures < 2 and "match" in args.skymethod:
         print("skymatch-demo: matching needs at least 2 exposures", file=sys.stderr)
@@ -110,11 +123,14 @@ def _run(args):
         )
         truth = write_mosaic(spec, outdir, product_name="demo")
         print(
-            f"Running SkymatchStep(skymethod={args.skymethod!r}, skystat={args.skystat!r}) "
-            f"on {truth.asn_path.name} ..."
+            f"Running SkymatchStep(skymethod={args.skymethod!r}, skystat={args.skystat!r}, "
+            f"compare={args.compare!r}) on {truth.asn_path.name} ..."
         )
         result = SkymatchStep.call(
-            str(truth.asn_path), skymethod=args.skymethod, skystat=args.skystat
+            str(truth.asn_path),
+            skymethod=args.skymethod,
+            skystat=args.skystat,
+            compare=args.compare,
         )
         rows = []
         spreads = []

@@ -784,6 +784,12 @@ def _parse(argv):
         help="fraction of a tile shared with a neighbour",
     )
     p.add_argument("--noise", type=float, default=d.noise, help="pixel noise (MJy/sr)")
+    p.add_argument(
+        "--diffuse",
+        type=float,
+        default=d.diffuse,
+        help=f"peak of the diffuse emission in MJy/sr (default {d.diffuse}; e.g. 5 for a nebula)",
+    )
     p.add_argument("--seed", type=int, default=d.seed, help="random seed")
     p.add_argument(
         "--sky-levels",
@@ -838,6 +844,7 @@ def main(argv=None):
             shape=(args.size, args.size),
             overlap=args.overlap,
             noise=args.noise,
+            diffuse=args.diffuse,
             seed=args.seed,
             sky_levels=None if args.sky_levels is None else tuple(args.sky_levels),
             detector_sky_scatter=args.detector_sky_scatter,
