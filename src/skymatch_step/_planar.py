@@ -120,7 +120,8 @@ def intersect_footprints(fp_a, fp_b):
     sizes = [len(p) for p, _ in parts_a + parts_b]
     verts = _merge_close(_normalize(np.concatenate([p for p, _ in parts_a + parts_b])))
 
-    tangent = verts.sum(axis=0)
+    # Mean direction of the vertices (closing vertices counted once).
+    tangent = verts.sum(axis=0) - verts[np.cumsum(sizes) - 1].sum(axis=0)
     norm = np.sqrt(tangent @ tangent)
     if not norm > 0.0:
         raise PlanarGeometryError("the footprints' vertices have no mean direction")
@@ -153,12 +154,17 @@ def intersect_footprints(fp_a, fp_b):
             try:
                 inter = shapely.intersection(pa, pb)
             except shapely.errors.GEOSException as err:
-                raise PlanarGeometryError(f"GEOS could not intersect the footprints: {err}") from err
+                raise PlanarGeometryError(
+                    f"GEOS could not intersect the footprints: {err}"
+                ) from err
             for ring in _rings(inter):
+                piece_area = _solid_angle(ring)
+                if piece_area <= 0.5 * _MERGE * _perimeter(ring):
+                    continue  # a sliver along a shared edge: the footprints touch
                 piece = _to_sphere(ring, plane, verts, (span_a, span_b), tangent, basis)
                 if piece is None:
                     continue
-                area += _solid_angle(ring)
+                area += piece_area
                 pieces.append(piece)
     if not pieces:
         return 0.0, []
@@ -345,6 +351,12 @@ def _normalize(v):
     if rows.any():
         out[rows] = normalize_vector(v[rows])
     return out
+
+
+def _perimeter(ring):
+    """Length of a closed planar ring (radians, to within the plane's stretch)."""
+    d = np.diff(ring, axis=0)
+    return float(np.sum(np.sqrt(np.sum(d * d, axis=1))))
 
 
 def _solid_angle(ring):
