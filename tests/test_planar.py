@@ -187,8 +187,11 @@ def test_pieces_are_closed_and_oriented_as_spherical_geometry():
     area, pieces = intersect_footprints(a.footprint, b.footprint)
     assert area > 0
     ((ra, dec),) = pieces
-    assert ra[0] == ra[-1] and dec[0] == dec[-1]
-    assert np.all((ra >= 0) & (ra < 360)) and ra.min() < 1 and ra.max() > 359
+    assert ra[0] == ra[-1]
+    assert dec[0] == dec[-1]
+    assert np.all((ra >= 0) & (ra < 360))
+    assert ra.min() < 1
+    assert ra.max() > 359
     pts = np.stack(lonlat_to_vector(ra, dec), -1)
     ext = np.vstack([pts, pts[1]])
     orient = great_circle_arc.triple_product(ext[:-2] - ext[1:-1], ext[2:] - ext[1:-1], ext[1:-1])
@@ -267,7 +270,9 @@ def test_nested_footprint_keeps_its_own_vertices():
     ((ra, dec),) = intersect_footprints(outer.footprint, inner.footprint)[1]
     ((ref_ra, ref_dec),) = _intersection(outer.footprint, inner.footprint)[1]
     # the same vertices, bit for bit, possibly from another starting vertex
-    assert sorted(zip(ra[:-1], dec[:-1])) == sorted(zip(ref_ra[:-1], ref_dec[:-1]))
+    assert sorted(zip(ra[:-1], dec[:-1], strict=True)) == sorted(
+        zip(ref_ra[:-1], ref_dec[:-1], strict=True)
+    )
 
 
 def test_sub_pixel_corner_overlap_is_kept():

@@ -172,7 +172,7 @@ def intersect_footprints(fp_a, fp_b):
 
 
 def _parts(fp, name):
-    """``[(closed (N, 3) vertex array, inside vector or None), ...]``."""
+    """Return ``[(closed (N, 3) vertex array, inside vector or None), ...]``."""
     if hasattr(fp, "polygons"):
         singles = fp.polygons
     elif hasattr(fp, "points"):
@@ -267,7 +267,7 @@ def _rings(geom):
 
 
 def _to_sphere(ring, plane, verts, spans, tangent, basis):
-    """Closed ``(ra, dec)`` polygon of a planar ring, or None if it collapses."""
+    """Return the closed ``(ra, dec)`` polygon of a planar ring (None if it collapses)."""
     ring = ring[:-1]
     # Footprint vertices keep their exact unit vectors.
     same = np.all(ring[:, None, :] == plane[None, :, :], axis=-1)
@@ -301,7 +301,7 @@ def _to_sphere(ring, plane, verts, spans, tangent, basis):
 
 
 def _crossings(points, plane, verts, spans, tangent, basis):
-    """Unit vectors of crossing points of the two footprints' edges.
+    """Return the unit vectors of crossing points of the two footprints' edges.
 
     Each point is recomputed as spherical-geometry computes the crossing
     of two arcs (its extended-precision ``great_circle_arc.intersection``
@@ -330,7 +330,7 @@ def _crossings(points, plane, verts, spans, tangent, basis):
 
 
 def _normalize(v):
-    """Unit vectors exactly as spherical-geometry's ``normalize_vector`` gives them.
+    """Normalise vectors exactly as spherical-geometry's ``normalize_vector`` does.
 
     spherical-geometry normalises in quad-double precision and keeps the
     leading double, i.e. the correctly rounded result. The same is
