@@ -34,8 +34,6 @@ about ``1e-15 / area`` in relative precision).
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import shapely
 from spherical_geometry import great_circle_arc
@@ -44,8 +42,6 @@ from spherical_geometry.vector import lonlat_to_vector, normalize_vector, vector
 from .exceptions import GeometryError
 
 __all__ = ["PlanarGeometryError", "intersect_footprints"]
-
-log = logging.getLogger(__name__)
 
 # spherical-geometry merges graph nodes closer than this in every component.
 _MERGE = 2.0**-32
