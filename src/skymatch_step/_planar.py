@@ -214,12 +214,18 @@ def _merge_close(verts):
 
 def _basis(tangent):
     """Rows: the tangent point and two unit vectors spanning its tangent plane."""
-    axis = np.zeros(3)
-    axis[np.argmin(np.abs(tangent))] = 1.0
-    e1 = np.cross(axis, tangent)
-    e1 /= np.sqrt(e1 @ e1)
-    e2 = np.cross(tangent, e1)
-    return np.stack([tangent, e1, e2])
+    tx, ty, tz = (float(c) for c in tangent)
+    # e1 = (axis of the smallest component) x tangent, normalised
+    if abs(tx) <= abs(ty) and abs(tx) <= abs(tz):
+        e1 = (0.0, -tz, ty)
+    elif abs(ty) <= abs(tz):
+        e1 = (tz, 0.0, -tx)
+    else:
+        e1 = (-ty, tx, 0.0)
+    n = (e1[0] * e1[0] + e1[1] * e1[1] + e1[2] * e1[2]) ** 0.5
+    ex, ey, ez = e1[0] / n, e1[1] / n, e1[2] / n
+    e2 = (ty * ez - tz * ey, tz * ex - tx * ez, tx * ey - ty * ex)
+    return np.array([[tx, ty, tz], [ex, ey, ez], e2])
 
 
 def _planar_polygon(xy, inside, tangent, basis):
@@ -279,7 +285,7 @@ def _to_sphere(ring, plane, verts, spans, tangent, basis):
         v[snap] = verts[np.argmax(close[snap], axis=1)]
         vec[new] = v
     # Drop repeated consecutive vertices (cyclically), as merged nodes do.
-    keep = np.any(vec != np.roll(vec, 1, axis=0), axis=1)
+    keep = np.any(vec != vec[np.arange(-1, len(vec) - 1)], axis=1)
     vec = vec[keep]
     if len(vec) < 3:
         return None
@@ -288,7 +294,8 @@ def _to_sphere(ring, plane, verts, spans, tangent, basis):
     # which is clockwise in the (e1, e2) plane of `_basis` with this
     # right-handed frame.
     xy = ring[keep]
-    signed = np.sum(xy[:, 0] * np.roll(xy[:, 1], -1) - np.roll(xy[:, 0], -1) * xy[:, 1])
+    nxt = np.arange(1, len(xy) + 1) % len(xy)
+    signed = (xy[:, 0] * xy[nxt, 1] - xy[nxt, 0] * xy[:, 1]).sum()
     if signed > 0.0:
         vec = vec[::-1]
     vec = np.vstack([vec, vec[:1]])
