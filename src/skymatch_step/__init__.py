@@ -10,8 +10,9 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from ._methods import ImageInput, SkyResult, match
+from ._pairs import PairRecord
 from ._statistics import SkyStatistics
-from .exceptions import GeometryError, SkymatchError
+from .exceptions import GeometryError, MissingDependencyError, SkymatchError
 from .step import SkyMatchStep, SkymatchStep
 
 try:
@@ -22,6 +23,8 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 __all__ = [
     "GeometryError",
     "ImageInput",
+    "MissingDependencyError",
+    "PairRecord",
     "SkyMatchStep",
     "SkyResult",
     "SkyStatistics",
