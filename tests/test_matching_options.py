@@ -157,3 +157,69 @@ def test_overflowing_image_is_skipped_with_a_warning_saying_why(caplog):
     assert not result.valid[1]
     assert "Image hot: pixel values too large for float32 statistics (overflow)" in caplog.text
     assert "Image hot: sky not computed" in caplog.text
+
+
+def test_failing_image_error_is_not_masked_by_waiting_partners():
+    # Image 0 is slow, image 2 fails: with three threads, image 1 waits for
+    # image 0 (which is fine) and must not be woken into a false error.
+    import contextlib
+    import time
+
+    from skymatch_step import ImageInput
+
+    images = _inputs(TABLE1_SKY[:3], TABLE1_POS[:3])
+
+    def slow(im):
+        @contextlib.contextmanager
+        def pixels():
+            time.sleep(0.5)
+            with im.pixels() as pair:
+                yield pair
+
+        return ImageInput(im.id, im.shape, im.forward, im.inverse, pixels)
+
+    def broken(im):
+        @contextlib.contextmanager
+        def pixels():
+            raise OSError("disk on fire")
+            yield  # pragma: no cover
+
+        return ImageInput(im.id, im.shape, im.forward, im.inverse, pixels)
+
+    images[0] = slow(images[0])
+    images[2] = broken(images[2])
+    with pytest.raises(OSError, match="disk on fire"):
+        match(images, skymethod="match", compare="differences", workers=3)
+
+
+def test_overflowing_differences_are_left_out(caplog):
+    images = _inputs([3.0e38, -3.0e38, 1.0], [(0, 0), (30, 0), (60, 0)])
+    with caplog.at_level(logging.WARNING, logger="skymatch_step"):
+        result = match(images, skymethod="match", compare="differences")
+    assert "overflow float32 and are not used" in caplog.text
+    # images 1 and 2 still compare
+    assert result.valid[1]
+    assert result.valid[2]
+    assert not result.valid[0]
+
+
+def test_reason_names_pairs_left_out_by_the_fit(caplog):
+    with caplog.at_level(logging.WARNING, logger="skymatch_step"):
+        result = match(_inputs(TABLE1_SKY, TABLE1_POS), skymethod="match", min_pair_pixels=10**6)
+    assert not result.valid.any()
+    assert all(
+        "the fit left out all its overlapping pairs (few pixels)" in r for r in result.reasons
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"min_pair_pixels": float("nan")}, "min_pair_pixels=nan must be a positive integer"),
+        ({"reject_sigma": "3"}, "reject_sigma='3' must be a positive number or None"),
+        ({"reject_iterations": None}, "reject_iterations=None must be a positive integer"),
+    ],
+)
+def test_option_types_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        match(_inputs(TABLE1_SKY, TABLE1_POS), **kwargs)

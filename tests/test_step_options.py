@@ -257,3 +257,15 @@ def test_diagnostics_directory_must_exist(tmp_path):
 def test_bad_option_values(kwargs, message):
     with pytest.raises(Exception, match=message):
         SkymatchStep.call(_gradient_models(SKIES, POSITIONS), **kwargs)
+
+
+def test_user_method_ignores_diagnostics_with_a_warning(tmp_path, caplog):
+    models = _gradient_models(SKIES, POSITIONS)
+    skylist = tmp_path / "sky.txt"
+    skylist.write_text("".join(f"grad{k}_cal.fits {k}.5\n" for k in range(4)))
+    with caplog.at_level(logging.WARNING, logger="skymatch_step"):
+        result = SkymatchStep.call(
+            models, skymethod="user", skylist=str(skylist), diagnostics=str(tmp_path / "no/d")
+        )
+    assert _levels(result) == [0.5, 1.5, 2.5, 3.5]
+    assert "No fit diagnostics with skymethod='user'" in caplog.text

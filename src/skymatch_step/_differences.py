@@ -525,6 +525,7 @@ class DifferenceCollector:
         self._samples = {}
         self._visited = [False] * n
         self._aborted = False
+        self._failed = set()
         self._cond = threading.Condition()
         self.pending_bytes = 0
         self.pooled_bytes = 0
@@ -583,10 +584,22 @@ class DifferenceCollector:
                 if j not in stored:
                     self._store(k, j, None)
 
-    def abort(self) -> None:
-        """Wake every visit waiting for a partner; they raise `DifferencesAborted`."""
+    def abort(self, failed=None) -> None:
+        """Give up on image ``failed`` (or on all images when None).
+
+        Visits waiting for the samples of a given-up image raise
+        `DifferencesAborted`; others go on waiting for their partners.
+
+        Parameters
+        ----------
+        failed : int, optional
+            Index of the image whose task failed before its visit.
+        """
         with self._cond:
-            self._aborted = True
+            if failed is None:
+                self._aborted = True
+            else:
+                self._failed.add(int(failed))
             self._cond.notify_all()
 
     def results(self) -> list[PairDifference]:
@@ -628,7 +641,7 @@ class DifferenceCollector:
     def _take(self, i, k):
         with self._cond:
             while (i, k) not in self._samples:
-                if self._aborted:
+                if self._aborted or i in self._failed:
                     raise DifferencesAborted(
                         f"comparison of {self._names[i]} and {self._names[k]} aborted: "
                         f"{self._names[i]} was not visited"
@@ -734,12 +747,25 @@ class DifferenceCollector:
         gy = 1.0 - fy
         v00, v01, v10, v11 = corners
         # A non-finite neighbour makes the sum non-finite (NaN * 0 is NaN).
-        sampled = (v00 * gx + v01 * fx) * gy + (v10 * gx + v11 * fx) * fy
+        with np.errstate(over="ignore", invalid="ignore"):
+            sampled = (v00 * gx + v01 * fx) * gy + (v10 * gx + v11 * fx) * fy
         del v00, v01, v10, v11, p
         good &= np.isfinite(sampled)
         own = samples.values if sel is None else samples.values[sel]
-        diffs = own - sampled
+        with np.errstate(over="ignore", invalid="ignore"):
+            diffs = own - sampled
         del sampled
+        # Differences are kept as float32: beyond its range they overflow.
+        overflow = good & ~(np.abs(diffs) <= np.finfo(np.float32).max)
+        if overflow.any():
+            log.warning(
+                "Images %s and %s: %d pixel difference(s) overflow float32 and are not used.",
+                self._names[i],
+                self._names[j],
+                int(np.count_nonzero(overflow)),
+            )
+            good &= ~overflow
+        del overflow
         keep = np.flatnonzero(good) if not good.all() else None
         if keep is not None:
             own, diffs = own[keep], diffs[keep]

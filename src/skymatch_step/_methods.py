@@ -340,12 +340,13 @@ def match(
     group_terms, group_ok = _group_terms(
         skymethod, group_local, deltas, sets if anchor_sets else None
     )
+    left_out = _groups_left_out(records, layout.ngroups)
     terms = []
     for k, g in enumerate(layout.groups):
         terms.append(group_terms[g])
         if valid[k] and not group_ok[g]:
             valid[k] = False
-            reasons[k] = _group_reason(skymethod)
+            reasons[k] = _group_reason(skymethod, left_out[g])
     for k in np.flatnonzero(~valid):
         log.warning("Image %s: sky not computed because %s.", layout.names[k], reasons[k])
     return SkyResult(
@@ -371,12 +372,22 @@ def _check_options(skymethod, compare, min_pair_pixels, reject_sigma, reject_ite
         raise ValueError(
             f"Unknown compare {compare!r}; valid choices are {', '.join(COMPARISONS)}."
         )
-    if int(min_pair_pixels) != min_pair_pixels or min_pair_pixels < 1:
+    if not _is_positive_int(min_pair_pixels):
         raise ValueError(f"min_pair_pixels={min_pair_pixels!r} must be a positive integer.")
-    if reject_sigma is not None and not (np.isfinite(reject_sigma) and reject_sigma > 0):
+    if reject_sigma is not None and not _is_positive_number(reject_sigma):
         raise ValueError(f"reject_sigma={reject_sigma!r} must be a positive number or None.")
-    if int(reject_iterations) != reject_iterations or reject_iterations < 1:
+    if not _is_positive_int(reject_iterations):
         raise ValueError(f"reject_iterations={reject_iterations!r} must be a positive integer.")
+
+
+def _is_positive_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+
+
+def _is_positive_number(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return False
+    return bool(np.isfinite(value) and value > 0)
 
 
 def _read_layout(images, stepsize, workers, do_match):
@@ -432,7 +443,7 @@ def _measure_all(layout, stats, do_local, do_match, differences, workers):
             )
         except BaseException:
             if differences is not None:
-                differences.abort()
+                differences.abort(k)
             raise
 
     return _run(measure, len(layout.images), workers)
@@ -779,7 +790,22 @@ def _report_rejections(records, group_labels):
     )
 
 
-def _group_reason(skymethod):
+def _groups_left_out(records, ngroups):
+    """Why the fit left out every pair of a group ('' if it kept one or had none)."""
+    used = np.zeros(ngroups, dtype=bool)
+    why = [set() for _ in range(ngroups)]
+    for r in records:
+        for g in (r.a, r.b):
+            if r.rejected:
+                why[g].add(r.rejected)
+            else:
+                used[g] = True
+    return [" and ".join(sorted(w)) if w and not u else "" for w, u in zip(why, used, strict=True)]
+
+
+def _group_reason(skymethod, left_out=""):
+    if left_out and "match" in skymethod:
+        return f"the fit left out all its overlapping pairs ({left_out})"
     if skymethod == "match":
         return "its group does not overlap any other group with usable pixels"
     return "no sky statistic could be computed from its group's usable pixels"

@@ -137,7 +137,7 @@ class SkymatchStep(Step):
         """
         _check_stepsize(self.stepsize)
         workers = _n_workers(self.maximum_cores)
-        diagnostics = self._diagnostics_prefix()
+        diagnostics = self._diagnostics_prefix() if self.skymethod != "user" else None
         if self.skymask and not os.path.isfile(os.path.expanduser(self.skymask)):
             raise ValueError(f"skymask file {self.skymask!r} does not exist.")
         library = self._open_library(input_models)
@@ -147,7 +147,7 @@ class SkymatchStep(Step):
         # library of copies or of files this step opened is dropped.
         undo = library is input_models or getattr(library, "holds_callers_models", False)
         if self.skymethod == "user":
-            if diagnostics:
+            if self.diagnostics:
                 log.warning("No fit diagnostics with skymethod='user': nothing is fitted.")
             return self._apply_user_sky(library, undo=undo)
 
