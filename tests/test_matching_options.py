@@ -142,3 +142,18 @@ def test_outlier_pair_is_rejected(caplog):
 def test_bad_matching_options(kwargs, message):
     with pytest.raises(ValueError, match=message):
         match(_inputs(TABLE1_SKY, TABLE1_POS), **kwargs)
+
+
+def test_overflowing_image_is_skipped_with_a_warning_saying_why(caplog):
+    from skymatch_step import ImageInput
+
+    images = _inputs(TABLE1_SKY, TABLE1_POS)
+    data = np.full((40, 40), TABLE1_SKY[1], np.float32)
+    data[::7, ::7] = 1e30  # squares overflow float32
+    im = images[1]
+    images[1] = ImageInput.from_arrays(data, None, im.forward, im.inverse, id="hot")
+    with caplog.at_level(logging.WARNING, logger="skymatch_step"):
+        result = match(images, skymethod="local", stats=None)
+    assert not result.valid[1]
+    assert "Image hot: pixel values too large for float32 statistics (overflow)" in caplog.text
+    assert "Image hot: sky not computed" in caplog.text

@@ -57,12 +57,24 @@ def test_jwst_name_is_exported():
 
 def test_spec_matches_jwst():
     # every jwst parameter, with the same type and default; ours adds
-    # maximum_cores only
+    # maximum_cores and the options beyond jwst's step, whose defaults
+    # keep jwst's results
     from jwst.skymatch import SkyMatchStep as JwstStep
 
     ours = dict(SkymatchStep.load_spec_file())
     theirs = dict(JwstStep.load_spec_file())
-    assert set(ours) - set(theirs) == {"maximum_cores"}
+    assert set(ours) - set(theirs) == {
+        "maximum_cores",
+        "compare",
+        "anchor_sets",
+        "grouping",
+        "min_pair_pixels",
+        "reject_sigma",
+        "reject_iterations",
+        "skymask",
+        "diagnostics",
+        "diagnostics_plot",
+    }
     assert {k: ours[k] for k in theirs} == theirs
 
 

@@ -25,7 +25,7 @@ from ._footprints import image_footprint, union_footprint
 from ._overlaps import PairIntersector, overlap_regions, region_mask
 from ._pairs import PairRecord
 from ._solver import connected_sets, fit_offsets
-from ._statistics import SkyStatistics, StatsError
+from ._statistics import SkyStatistics, StatsError, StatsOverflowError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -616,12 +616,20 @@ def _run(func, n, workers):
     return out
 
 
-def _stat(stats, values):
-    """Return the statistic of ``values``, or None when it cannot be computed."""
+def _stat(stats, values, problems=None):
+    """Return the statistic of ``values``, or None when it cannot be computed.
+
+    Overflow messages are added to the set ``problems`` (when given), for
+    the caller to report with the image's name.
+    """
     if values.size == 0:
         return None
     try:
         value, npix = stats(values)
+    except StatsOverflowError as err:
+        if problems is not None:
+            problems.add(str(err))
+        return None
     except StatsError:
         return None
     if not np.isfinite(value):
@@ -652,6 +660,17 @@ def _measure(image, k, stats, do_local, neighbours, pair_overlaps, groups, names
     """
     result = _Measurement()
     regions = overlap_regions(k, neighbours, pair_overlaps, image.inverse, groups)
+    problems = set()
+    try:
+        _measure_pixels(image, k, stats, do_local, regions, names, differences, result, problems)
+    finally:
+        for problem in sorted(problems):
+            log.warning("Image %s: %s.", names[k], problem)
+    return result
+
+
+def _measure_pixels(image, k, stats, do_local, regions, names, differences, result, problems):
+    """Fill ``result`` from the pixels of image ``k`` (see `_measure`)."""
     with image.pixels() as (data, mask):
         if data.shape != tuple(image.shape):
             raise ValueError(
@@ -662,7 +681,7 @@ def _measure(image, k, stats, do_local, neighbours, pair_overlaps, groups, names
             # Called even for an unusable image: its partners wait for it.
             differences.visit(k, data, mask)
         if not result.usable:
-            return result
+            return
         if do_local:
             # One native float32 copy of the usable pixels (the statistics
             # work in float32; data read from FITS is big-endian). Whole-
@@ -670,7 +689,7 @@ def _measure(image, k, stats, do_local, neighbours, pair_overlaps, groups, names
             # threads take turns for them: memory stays that of one.
             with _WHOLE_IMAGE_TURN:
                 values = _gather(data, mask)
-                result.local = _stat(stats, values)
+                result.local = _stat(stats, values, problems)
                 del values
         for g, region in regions.items():
             if region.area == 0.0:
@@ -681,8 +700,8 @@ def _measure(image, k, stats, do_local, neighbours, pair_overlaps, groups, names
                 result.overlaps[g] = (None, 0, region.area)
                 continue
             sel = sub & mask[where]
-            result.overlaps[g] = (*(_stat(stats, data[where][sel]) or (None, 0)), region.area)
-    return result
+            stat = _stat(stats, data[where][sel], problems)
+            result.overlaps[g] = (*(stat or (None, 0)), region.area)
 
 
 def _group_overlap(g, h, members, measurements):

@@ -19,6 +19,8 @@ from stdatamodels.jwst.datamodels import JwstDataModel
 from stdatamodels.jwst.datamodels.dqflags import pixel as _dq_flags
 from stpipe.library import BorrowError, ClosedLibraryError, NoGroupID
 
+from ._diagnostics import check_diagnostics_prefix, write_diagnostics
+from ._masks import read_skymask
 from ._methods import ImageInput, match
 from ._skylist import read_skylist
 from ._statistics import SkyStatistics
@@ -35,7 +37,10 @@ class SkymatchStep(Step):
     (``meta.background.method/level/subtracted`` and
     ``meta.cal_step.skymatch``) are those of ``jwst.skymatch.SkyMatchStep``,
     plus ``maximum_cores`` for parallel processing (results do not depend
-    on it). This step never reads a CRDS parameter reference file.
+    on it) and options that go beyond jwst's step (``compare``,
+    ``anchor_sets``, ``grouping``, pair rejection, ``skymask``,
+    ``diagnostics``), whose defaults keep jwst's results. This step never
+    reads a CRDS parameter reference file.
     """
 
     class_alias = "skymatch"
@@ -65,6 +70,17 @@ class SkymatchStep(Step):
 
         # Parallel processing (not in jwst's step):
         maximum_cores = string(default='all') # cores to use: an integer, 'none', 'quarter', 'half' or 'all'
+
+        # Sky matching beyond jwst's step (the defaults give jwst's results):
+        compare = option('statistics', 'differences', default='statistics') # compare overlaps by each image's sky statistic (jwst) or by pixel differences at the same sky positions
+        anchor_sets = boolean(default=False) # give each set of overlapping images its own zero (match) or global level (global+match)
+        grouping = option('exposure', 'image', default='exposure') # one sky level per exposure (group_id) or per image
+        min_pair_pixels = integer(min=1, default=1) # leave out of the fit pairs measured on fewer usable pixels
+        reject_sigma = float(min=0.0, default=None) # leave out of the fit, one at a time, pairs whose normalized residual exceeds this (None: keep all)
+        reject_iterations = integer(min=1, default=10) # most pairs rejected as outliers
+        skymask = string(default=None) # file of (image name, FITS mask) pairs; nonzero mask pixels are usable
+        diagnostics = string(default=None) # file prefix for fit diagnostics: <prefix>_pairs.ecsv, <prefix>_images.ecsv, <prefix>.png
+        diagnostics_plot = boolean(default=True) # with diagnostics, also write the PNG plot (needs the 'plot' extra)
     """  # noqa: E501
 
     reference_file_types: ClassVar[list] = []
@@ -121,6 +137,9 @@ class SkymatchStep(Step):
         """
         _check_stepsize(self.stepsize)
         workers = _n_workers(self.maximum_cores)
+        diagnostics = self._diagnostics_prefix()
+        if self.skymask and not os.path.isfile(os.path.expanduser(self.skymask)):
+            raise ValueError(f"skymask file {self.skymask!r} does not exist.")
         library = self._open_library(input_models)
         if len(library) == 0:
             raise ValueError("No images to process: the input is empty.")
@@ -128,6 +147,8 @@ class SkymatchStep(Step):
         # library of copies or of files this step opened is dropped.
         undo = library is input_models or getattr(library, "holds_callers_models", False)
         if self.skymethod == "user":
+            if diagnostics:
+                log.warning("No fit diagnostics with skymethod='user': nothing is fitted.")
             return self._apply_user_sky(library, undo=undo)
 
         stats = SkyStatistics(
@@ -151,8 +172,20 @@ class SkymatchStep(Step):
                     stats=stats,
                     stepsize=self.stepsize,
                     workers=workers,
+                    compare=self.compare,
+                    anchor_sets=self.anchor_sets,
+                    min_pair_pixels=self.min_pair_pixels,
+                    reject_sigma=self.reject_sigma,
+                    reject_iterations=self.reject_iterations,
                 )
             updates = self._updates(result, members)
+            if diagnostics:
+                # Before any model changes: a failure here changes nothing.
+                unit = next((m.unit for m in members if m.unit), None)
+                written = write_diagnostics(
+                    result, diagnostics, plot=self.diagnostics_plot, unit=unit
+                )
+                log.info("Fit diagnostics written: %s", ", ".join(str(p) for p in written))
             _write_back(library, updates, subtract=self.subtract, on_disk=on_disk, undo=undo)
         _log_levels(updates)
         return library
@@ -196,9 +229,13 @@ class SkymatchStep(Step):
         must be open.
         """
         group_of = {}
-        for label, indices in library.group_indices.items():
-            for index in indices:
-                group_of[index] = label
+        if self.grouping == "exposure":
+            for label, indices in library.group_indices.items():
+                for index in indices:
+                    group_of[index] = label
+        else:
+            log.info("grouping='image': every image gets its own sky level.")
+        masks = _Masks(self.skymask)
         n = len(library)
         every = max(1, math.ceil(n / 5)) if n >= 20 else n + 1
         for index in range(n):
@@ -209,7 +246,9 @@ class SkymatchStep(Step):
                 shape = _check_model(model, name, dqbits)
                 if self.subtract:
                     _check_subtractable(model, name)
-                members.append(_Member(name, self._start_level(model, name)))
+                members.append(
+                    _Member(name, self._start_level(model, name), shape, _data_unit(model))
+                )
                 forward, inverse = _wcs_callables(model.meta.wcs)
             finally:
                 with _LEDGER_LOCK:
@@ -223,9 +262,25 @@ class SkymatchStep(Step):
                 shape=shape,
                 forward=forward,
                 inverse=inverse,
-                pixels=_library_pixels(library, index, dqbits, on_disk),
-                group=group_of[index],
+                pixels=_library_pixels(library, index, dqbits, on_disk, masks),
+                group=group_of.get(index),
             )
+        # Every model was read for its name and shape: check the masks
+        # before the engine reads any pixel (and before any model changes).
+        masks.read([m.name for m in members], [m.shape for m in members])
+
+    def _diagnostics_prefix(self):
+        """Where to write the fit diagnostics (None: nowhere), checked up front.
+
+        A relative prefix is taken in ``output_dir`` when that is set.
+        """
+        if not self.diagnostics:
+            return None
+        prefix = os.path.expanduser(self.diagnostics)
+        if self.output_dir and not os.path.isabs(prefix):
+            prefix = os.path.join(self.output_dir, prefix)
+        check_diagnostics_prefix(prefix, plot=self.diagnostics_plot)
+        return prefix
 
     def _start_level(self, model, name):
         """Sky level already subtracted from ``model`` (jwst's re-run rules)."""
@@ -379,6 +434,31 @@ def _check_stepsize(stepsize):
         f"stepsize={stepsize!r} is not valid: use None (image corners only) or a "
         "positive integer (maximum spacing of footprint vertices, in pixels)."
     )
+
+
+class _Masks:
+    """The user's sky masks (``skymask``), known once every model was read."""
+
+    def __init__(self, path):
+        self.path = path
+        self._masks = None
+
+    def read(self, names, shapes):
+        """Check the mask list against the images (errors name the problem)."""
+        if self.path:
+            self._masks = read_skymask(self.path, names, shapes)
+
+    def apply(self, index, good):
+        """Leave usable in ``good`` only what the image's mask allows (in place)."""
+        if self._masks is not None:
+            mask = self._masks.mask(index)
+            if mask is not None:
+                good &= mask
+
+
+def _data_unit(model):
+    unit = getattr(model.meta, "bunit_data", None)
+    return str(unit) if unit else None
 
 
 def _model_name(model, index):
@@ -541,13 +621,14 @@ def _trim_heap():
         _MALLOC_TRIM(0)
 
 
-def _library_pixels(library, index, dqbits, on_disk):
+def _library_pixels(library, index, dqbits, on_disk, masks):
     """Context manager factory that borrows one model's pixels.
 
     The model is returned to the library as soon as its science array and
     good-pixel mask are taken, so that, for an on-disk library, its other
-    arrays are freed while the statistics are computed. The library must
-    be open while the returned context is entered.
+    arrays are freed while the statistics are computed. The user's sky
+    mask (`_Masks`), if any, is read then too. The library must be open
+    while the returned context is entered.
     """
 
     @contextlib.contextmanager
@@ -557,6 +638,7 @@ def _library_pixels(library, index, dqbits, on_disk):
         try:
             data = model.data
             good = _good_pixels(model, dqbits)
+            masks.apply(index, good)
         finally:
             with _LEDGER_LOCK:
                 library.shelve(model, index, modify=False)
@@ -672,6 +754,8 @@ class _Member:
 
     name: str
     start_level: float
+    shape: tuple = ()
+    unit: str | None = None
 
 
 @dataclass
