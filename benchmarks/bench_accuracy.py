@@ -76,6 +76,7 @@ LABELS = {
     "ours_statistics": "ours statistics",
     "ours_differences": "ours differences",
     "floor": "noise floor",
+    "floor_shared": "noise floor, shared pixels",
 }
 
 
@@ -159,7 +160,7 @@ def _run_engine(models, compare):
     return levels, result
 
 
-def _noise_floor(models, result):
+def _noise_floor(models, result, *, shared=False):
     """RMS error of the relative group levels that the pixel errors allow.
 
     For each overlapping pair of groups ``(a, b)`` measured on ``n`` pixel
@@ -168,7 +169,8 @@ def _noise_floor(models, result):
     usable pixels). The weighted least-squares offsets have covariance
     ``C = pinv(A^T W A)``, ``W = diag(1 / v)``, ``A`` the pair incidence
     matrix; projected to zero-mean levels (``P C P``, ``P = I - 1/G``),
-    the floor is ``sqrt(mean(diag))``.
+    the floor is ``sqrt(mean(diag))``. With ``shared``, also the floor
+    that counts the pixels several pairs reuse (`_pair_covariance`).
     """
     from skymatch_step.step import _good_pixels, _parse_dqbits
 
@@ -192,10 +194,73 @@ def _noise_floor(models, result):
         row[rec.a], row[rec.b] = 1.0, -1.0
         normal += np.outer(row, row) / var
         npairs += 1
-    cov = np.linalg.pinv(normal)
+    inverse = np.linalg.pinv(normal)
     proj = np.eye(ngroups) - 1.0 / ngroups
-    cov = proj @ cov @ proj
-    return float(np.sqrt(np.mean(np.diag(cov)))), npairs
+    floor = float(np.sqrt(np.mean(np.diag(proj @ inverse @ proj))))
+    if not shared:
+        return floor, npairs
+    # The same weighted fit when pairs reusing the same pixels are
+    # correlated: sandwich covariance M A^T W S W A M, M = pinv(A^T W A).
+    used = [rec for rec in result.pairs if not rec.rejected and rec.npix_a >= 1]
+    design = np.zeros((len(used), ngroups))
+    for k, rec in enumerate(used):
+        design[k, rec.a], design[k, rec.b] = 1.0, -1.0
+    pair_cov = _pair_covariance(models, result, used, err2)
+    weights = 1.0 / np.diag(pair_cov)
+    gain = inverse @ (design.T * weights)
+    cov = proj @ gain @ pair_cov @ gain.T @ proj
+    return floor, npairs, float(np.sqrt(np.mean(np.diag(cov))))
+
+
+def _pair_covariance(models, result, pairs, err2, *, cell=4):
+    """Covariance of the pairs' mean differences, counting shared pixels.
+
+    Pairs that share an image and overlap on the sky (a strip and the
+    corner of four images inside it) reuse that image's pixels, so their
+    mean differences are correlated: ``cov(D_p, D_q) = |S_p & S_q| *
+    sum_g s_p(g) s_q(g) <err_g**2> / (n_p n_q)``, ``s_p(g)`` = +1 or -1 for
+    the groups of pair ``p`` (0 otherwise), ``S_p`` its overlap area. The
+    areas come from coverage maps of the groups on a common tangent-plane
+    grid of ``cell`` x ``cell`` pixels (in pixels, from the cell counts).
+    """
+    from astropy.modeling import models as amodels
+
+    ra0, dec0 = (float(v) for v in models[0].meta.wcs(0.0, 0.0))
+    tan = amodels.Pix2Sky_TAN() | amodels.RotateNative2Celestial(ra0, dec0, 180.0)
+    boxes, scales = [], []
+    for model in models:
+        ny, nx = model.data.shape
+        ra, dec = model.meta.wcs(
+            np.array([0, nx - 1, nx - 1, 0, 0.0]), np.array([0, 0, ny - 1, ny - 1, 1.0])
+        )
+        x, y = tan.inverse(ra, dec)
+        boxes.append((x[:4].min(), x[:4].max(), y[:4].min(), y[:4].max()))
+        scales.append(np.hypot(x[4] - x[0], y[4] - y[0]))  # degrees per pixel
+    step = cell * float(np.median(scales))
+    x0, y0 = min(b[0] for b in boxes), min(b[2] for b in boxes)
+    gx = np.arange(x0, max(b[1] for b in boxes) + step, step)
+    gy = np.arange(y0, max(b[3] for b in boxes) + step, step)
+    ngroups = len(result.group_labels)
+    cover = np.zeros((ngroups, gy.size, gx.size), dtype=bool)
+    for model, box, g in zip(models, boxes, result.groups, strict=True):
+        ix = slice(int((box[0] - x0) // step), int((box[1] - x0) // step) + 2)
+        iy = slice(int((box[2] - y0) // step), int((box[3] - y0) // step) + 2)
+        xx, yy = np.meshgrid(gx[ix], gy[iy])
+        px, py = model.meta.wcs.invert(*tan(xx, yy), with_bounding_box=False)
+        ny, nx = model.data.shape
+        cover[g, iy, ix] |= (px >= 0) & (px <= nx - 1) & (py >= 0) & (py <= ny - 1)
+    sign = np.zeros((len(pairs), ngroups))
+    areas = []
+    for k, rec in enumerate(pairs):
+        sign[k, rec.a], sign[k, rec.b] = 1.0, -1.0
+        areas.append(cover[rec.a] & cover[rec.b])
+    areas = np.array(areas).reshape(len(pairs), -1).astype(float)
+    counts = areas.sum(axis=1)
+    shared = areas @ areas.T  # cells common to two pairs' overlaps
+    npix = np.array([rec.npix_a for rec in pairs], dtype=float)
+    frac = shared / np.sqrt(np.outer(counts, counts))  # |S_p & S_q| / sqrt(|S_p| |S_q|)
+    noise = (sign * err2) @ sign.T  # sum_g s_p(g) s_q(g) <err_g**2>
+    return frac * noise / np.sqrt(np.outer(npix, npix))
 
 
 def _relative_rms(levels, truth):
@@ -236,9 +301,12 @@ def run_case(name, case, seed, *, use_step):
             step_rms = row[label]
     row["engine_differences"] = _relative_rms(engine_levels, truth)
     row["step_matches_engine"] = bool(np.isclose(step_rms, row["engine_differences"]))
-    row["floor"], row["pairs"] = _noise_floor(models, engine_result)
+    row["floor"], row["pairs"], row["floor_shared"] = _noise_floor(
+        models, engine_result, shared=True
+    )
     row["pair_pixels"] = [int(r.npix_a) for r in engine_result.pairs if not r.rejected]
     row["differences_over_floor"] = row["ours_differences"] / row["floor"]
+    row["differences_over_floor_shared"] = row["ours_differences"] / row["floor_shared"]
     row["jwst_mode_over_differences"] = row["jwst_mode"] / row["ours_differences"]
     row["groups"] = len(engine_result.group_labels)
     row["images"] = len(models)
@@ -253,9 +321,10 @@ def _summary(rows):
     for name in dict.fromkeys(r["case"] for r in rows):
         sel = [r for r in rows if r["case"] == name]
         s = {"case": name, "seed": "all"}
-        for key in (*(c[0] for c in CONTENDERS), "floor"):
+        for key in (*(c[0] for c in CONTENDERS), "floor", "floor_shared"):
             s[key] = float(np.sqrt(np.mean([r[key] ** 2 for r in sel])))
         s["differences_over_floor"] = s["ours_differences"] / s["floor"]
+        s["differences_over_floor_shared"] = s["ours_differences"] / s["floor_shared"]
         s["jwst_mode_over_differences"] = s["jwst_mode"] / s["ours_differences"]
         out.append(s)
     return out
@@ -269,7 +338,9 @@ COLUMNS = (
     ("ours_statistics", "ours statistics", 1e3),
     ("ours_differences", "ours differences", 1e3),
     ("floor", "floor", 1e3),
+    ("floor_shared", "floor, shared pixels", 1e3),
     ("differences_over_floor", "differences / floor", 1),
+    ("differences_over_floor_shared", "differences / shared floor", 1),
     ("jwst_mode_over_differences", "jwst mode / differences", 1),
 )
 
@@ -323,7 +394,7 @@ def _plot(rows, summary, path):
 
     names = [s["case"] for s in summary]
     x = np.arange(len(names))
-    keys = (*(c[0] for c in CONTENDERS), "floor")
+    keys = (*(c[0] for c in CONTENDERS), "floor", "floor_shared")
     markers = {"jwst_mode": "s", "jwst_median": "D", "ours_statistics": "^"}
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for k, key in enumerate(keys):
@@ -334,9 +405,9 @@ def _plot(rows, summary, path):
         ax.plot(
             x + dx,
             [s[key] for s in summary],
-            linestyle="--" if key == "floor" else "-",
+            linestyle="--" if key.startswith("floor") else "-",
             marker=markers.get(key, "o"),
-            color="k" if key == "floor" else f"C{k}",
+            color={"floor": "k", "floor_shared": "0.5"}.get(key, f"C{k}"),
             label=LABELS[key],
         )
     ax.set_yscale("log")
