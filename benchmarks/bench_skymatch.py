@@ -66,6 +66,8 @@ def _run_one(which, asn, method, in_memory, cores):
         from skymatch_step import SkymatchStep as Step
 
         kwargs = {"maximum_cores": cores}
+        # --compare of the parent process (inherited through the environment)
+        kwargs["compare"] = os.environ.get("SKYMATCH_BENCH_COMPARE", "statistics")
     start = time.perf_counter()
     if which in ("floor", "open"):
         library_class = ModelLibrary
@@ -156,8 +158,16 @@ def main(argv=None):
         help="rounds of the sparse series in which jwst and the floor also run",
     )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat")
+    parser.add_argument(
+        "--compare",
+        default="statistics",
+        choices=("statistics", "differences"),
+        help="compare option of our step (jwst always compares statistics)",
+    )
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if not args.worker:
+        os.environ["SKYMATCH_BENCH_COMPARE"] = args.compare
     if args.worker:
         which, asn, method, in_memory, cores = args.worker
         _run_one(which, asn, method, in_memory == "True", cores)

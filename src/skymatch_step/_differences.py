@@ -23,17 +23,22 @@ the same positions, so the emission cancels; a statistic taken by each
 image over the overlap polygon sees it over different pixels (masked ones,
 edges) and does not.
 
-The reduction is a sigma-clipped median: ``nclip`` iterations keep the
-differences within ``[median - lsigma * s, median + usigma * s]`` of the
-current selection, with ``s = 1.4826 * MAD`` (a spread that cosmic rays and
-unmasked stars do not inflate); iterations stop early when nothing is
-clipped. The median rather than a mean: stars and cosmic rays of one image
-make one-sided tails that the clipping at 4 sigma trims only partly.
+The reduction starts with a sigma-clipped median: ``nclip`` iterations
+keep the differences within ``[median - lsigma * s, median + usigma * s]``
+of the current selection, with ``s = 1.4826 * MAD`` (a spread that cosmic
+rays and unmasked stars do not inflate); iterations stop early when nothing
+is clipped. The estimate is then the mean of the differences within
+``3 s`` of it (re-centred on that mean until the selection no longer
+changes): stars and cosmic rays of one image make one-sided tails, which
+the median and the narrow window keep out, while the mean of the
+Gaussian core is about 1.25 times more precise than the median (it halves
+the distance to the noise floor in the accuracy benchmark). When the
+spread is 0 (noise-free images) the median is kept.
 
-The error of the difference is the standard error of the median,
-``1.2533 * s / sqrt(n)``, corrected for the correlations that bilinear
+The error of the difference is the standard error of that mean,
+``std / sqrt(n)``, corrected for the correlations that bilinear
 interpolation brings: neighbouring samples share pixels of ``j``. With
-weights ``w`` of the four neighbours of a sample, ``s**2`` estimates
+weights ``w`` of the four neighbours of a sample, ``std**2`` estimates
 ``sigma_i**2 + sigma_j**2 * q`` (``q = sum(w**2)``, averaged over the
 samples), while the variance of the sum of the ``N`` differences is
 ``N * sigma_i**2 + sigma_j**2 * sum_p W_p**2``, ``W_p`` being the total
@@ -43,15 +48,14 @@ pixel scales; from the Jacobian of the mapped grid). The variance of the
 mean is thus inflated by ``(1 + r * rho) / (1 + r * q)``, ``r =
 sigma_j**2 / sigma_i**2``, estimated from differences of neighbouring
 pixels of each image (smooth emission cancels in them): 1 for aligned
-pixel grids, up to 1.6 for half-pixel offsets. The median feels the
-correlations less (the signs of two normal variables of small correlation
-``c`` correlate by ``2 c / pi``), so the excess over 1 is scaled by
-``2 / pi``. Checked by simulation (tests): the errors match the scatter
-of repeated measurements to a few percent, for aligned and offset grids
-and noise ratios from 0.5 to 2; without the correction they are up to
-15% too small (half-pixel offsets). A floor, ``1e-7 * (1 + mean |data_i|)
-/ sqrt(n)`` (float32 rounding), keeps the error positive and finite for
-noise-free images.
+pixel grids, up to 1.6 for half-pixel offsets. Checked by simulation
+(tests): the errors match the scatter of repeated measurements for
+aligned and offset grids and noise ratios from 0.5 to 2. (When the median
+is kept, its error is ``1.2533 s / sqrt(n)``, with the excess of the
+inflation over 1 scaled by ``2 / pi``: the signs of two normal variables
+of small correlation ``c`` correlate by ``2 c / pi``.) A floor,
+``1e-7 * (1 + mean |data_i|) / sqrt(n)`` (float32 rounding), keeps the
+error positive and finite for noise-free images.
 
 Which image of a pair is the sample grid is fixed by the image indices,
 and pooled differences are concatenated in image-pair order, so results
@@ -100,6 +104,10 @@ _MEDIAN_SE = 1.2533141373155003
 _MEDIAN_CORRELATION = 2.0 / math.pi
 #: Relative floor of the error (about float32 rounding).
 _ERROR_FLOOR = 1e-7
+
+#: Half-width, in robust sigmas, of the differences averaged around their
+#: clipped median.
+_MEAN_WIDTH = 3.0
 
 
 class DifferencesAborted(RuntimeError):
@@ -224,6 +232,34 @@ def clipped_median(values, *, nclip=5, lsigma=4.0, usigma=4.0, subsample=1 << 15
                 sel = values[keep]
         med, spread = _median_spread(sel, guess=(med, spread))
     return med, spread, int(sel.size)
+
+
+def _clipped_mean(values, median, spread, *, width=_MEAN_WIDTH, iterations=5):
+    """Mean and standard deviation of the values within ``width * spread`` of the centre.
+
+    The centre starts at ``median`` and moves to the mean of the kept
+    values, at most ``iterations`` times (until the selection no longer
+    changes). Returns ``(mean, std, n)``; ``n = 0`` when ``spread`` is not
+    positive.
+    """
+    if not spread > 0:
+        return math.nan, math.nan, 0
+    centre = median
+    kept = None
+    for _ in range(iterations):
+        lo = centre - width * spread
+        hi = centre + width * spread
+        keep = values >= lo
+        keep &= values <= hi
+        if kept is not None and np.array_equal(keep, kept):
+            break
+        kept = keep
+        sel = values[keep]
+        if sel.size < 2:
+            return math.nan, math.nan, 0
+        centre = float(np.mean(sel, dtype=np.float64))
+    std = float(np.std(sel, dtype=np.float64, ddof=1))
+    return centre, std, int(sel.size)
 
 
 def _median_spread(values, guess=None):
@@ -815,12 +851,18 @@ class DifferenceCollector:
             return None
         diffs = np.concatenate([p.diffs for p in ordered]) if len(ordered) > 1 else ordered[0].diffs
         med, spread, npix = clipped_median(diffs, **self._clip)
+        scale, correlation = _MEDIAN_SE * spread, _MEDIAN_CORRELATION
+        mean, std, nmean = _clipped_mean(diffs, med, spread)
+        if nmean > 1 and std > 0:
+            # The mean of the differences near the median: about 1.25 times
+            # more precise than the median for Gaussian noise.
+            med, scale, correlation, npix = mean, std, 1.0, nmean
         noise_sum = sum(p.noise_sum for p in ordered)
         noise_marginal = sum(p.noise_marginal for p in ordered)
         # For the mean; the median feels correlations less (module docstring).
         inflation = noise_sum / noise_marginal if noise_marginal > 0 else 1.0
-        inflation = 1.0 + _MEDIAN_CORRELATION * (inflation - 1.0)
-        error = _MEDIAN_SE * spread * math.sqrt(inflation / npix)
+        inflation = 1.0 + correlation * (inflation - 1.0)
+        error = scale * math.sqrt(inflation / npix)
         typical = sum(p.sum_abs for p in ordered) / n_all
         floor = _ERROR_FLOOR * (1.0 + typical) / math.sqrt(npix)
         if not error >= floor:
