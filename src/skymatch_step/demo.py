@@ -239,7 +239,8 @@ def _report(rows, skymethod, scatter, skystat):
         return 0
     tolerance = _SIGMAS * 2.0 * scatter
     print(
-        f"Expected scatter of one {skystat} over an overlap: {scatter:.5f} MJy/sr; "
+        f"Expected scatter of one {skystat} over an overlap (from the images' pixel spread, "
+        f"which diffuse emission widens): {scatter:.5f} MJy/sr; "
         f"tolerance ({_SIGMAS:g} sigma of an offset): {tolerance:.5f} MJy/sr "
         f"(largest error / tolerance = {worst / tolerance:.2f})."
     )

@@ -773,6 +773,7 @@ def write_association(files, path, *, product_name="sim"):
 def _parse(argv):
     p = argparse.ArgumentParser(
         prog="skymatch-simulate",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description=(
             "Write a simulated JWST-like mosaic (NIRCam-like _cal.fits files with a known sky "
             "level per exposure) and its level-3 association, then print the association's "

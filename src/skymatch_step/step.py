@@ -182,10 +182,7 @@ class SkymatchStep(Step):
             if diagnostics:
                 # Before any model changes: a failure here changes nothing.
                 unit = next((m.unit for m in members if m.unit), None)
-                written = write_diagnostics(
-                    result, diagnostics, plot=self.diagnostics_plot, unit=unit
-                )
-                log.info("Fit diagnostics written: %s", ", ".join(str(p) for p in written))
+                write_diagnostics(result, diagnostics, plot=self.diagnostics_plot, unit=unit)
             _write_back(library, updates, subtract=self.subtract, on_disk=on_disk, undo=undo)
         _log_levels(updates)
         return library
