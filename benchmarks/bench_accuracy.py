@@ -463,9 +463,20 @@ def main(argv=None):
     parser.add_argument("--outdir", type=Path, default=HERE / "results")
     parser.add_argument("--smoke", action="store_true", help="one tiny case, one seed")
     args = parser.parse_args(argv)
+    args.argv = argv
 
     os.environ.setdefault("STPIPE_DISABLE_CRDS_STEPPARS", "true")  # jwst asks CRDS otherwise
+    previous = logging.root.manager.disable
     logging.disable(logging.INFO)  # the steps' progress messages
+    try:
+        return _run(args)
+    finally:
+        logging.disable(previous)
+
+
+def _run(args):
+    """Run the cases and write the results (logging already quietened)."""
+    argv = args.argv
 
     cases = SMOKE if args.smoke else {n: CASES[n] for n in args.cases}
     seeds = 1 if args.smoke else args.seeds
