@@ -74,6 +74,7 @@ def test_spec_matches_jwst():
         "skymask",
         "diagnostics",
         "diagnostics_plot",
+        "dask_scheduler",
     }
     assert {k: ours[k] for k in theirs} == theirs
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from ._differences import DifferenceCollector
 from ._footprints import image_footprint, union_footprint
 from ._overlaps import PairIntersector, overlap_regions, region_mask
 from ._pairs import PairRecord
+from ._progress import Progress
 from ._solver import connected_sets, fit_offsets
 from ._statistics import SkyStatistics, StatsError, StatsOverflowError
 
@@ -62,14 +63,27 @@ class ImageInput:
     group : object, optional
         Images with equal ``group`` share one sky level; by default each
         image is its own group.
+    footprint : SphericalPolygon, optional
+        The image's footprint, when already known (``forward`` is then
+        not called for it).
+    source : callable, optional
+        ``source()`` returns a context manager yielding a complete
+        `ImageInput` of this image (transforms and pixels). When given,
+        the pixel pass opens the image through it instead of using this
+        description, and, with ``compare='statistics'``, the engine keeps
+        only the footprint once it is known: ``forward``, ``inverse`` and
+        ``pixels`` may then be None. With a `~skymatch_step._distributed.DaskRunner`,
+        sources must be picklable; they are opened on the workers.
     """
 
     id: Any
     shape: tuple[int, int]
-    forward: Callable
-    inverse: Callable
-    pixels: Callable
+    forward: Callable | None
+    inverse: Callable | None
+    pixels: Callable | None
     group: Any = None
+    footprint: Any = None
+    source: Callable | None = None
 
     @classmethod
     def from_arrays(cls, data, mask, forward, inverse, *, id=None, group=None):
@@ -195,6 +209,7 @@ class _Measurement:
     usable: bool = False
     local: tuple[float, int] | None = None
     overlaps: dict = field(default_factory=dict)  # group -> (value|None, npix, area)
+    problems: list = field(default_factory=list)  # messages for the log
 
 
 @dataclass
@@ -242,6 +257,7 @@ def match(
     min_pair_pixels: int = 1,
     reject_sigma: float | None = None,
     reject_iterations: int = 10,
+    runner: Any = None,
 ) -> SkyResult:
     """Compute or equalize the sky of overlapping images.
 
@@ -284,6 +300,11 @@ def match(
         exceeds this; `None` keeps every pair.
     reject_iterations : int
         Largest number of rejection rounds.
+    runner : DaskRunner, optional
+        Measure the images on a Dask cluster: each image is opened on a
+        worker through its ``source``, and only the overlap polygons and
+        the measurements travel. Used with ``compare='statistics'`` when
+        every image has a source; otherwise the images are measured here.
 
     Returns
     -------
@@ -294,7 +315,8 @@ def match(
     do_match = "match" in skymethod
     do_local = skymethod != "match"
 
-    layout = _read_layout(images, stepsize, workers if do_match else 1, do_match)
+    keep_transforms = do_match and compare == "differences"
+    layout = _read_layout(images, stepsize, workers if do_match else 1, do_match, keep_transforms)
     log.info(
         "Sky method %r on %d image(s) in %d group(s)%s.",
         skymethod,
@@ -302,8 +324,6 @@ def match(
         layout.ngroups,
         f", matching {'down' if match_down else 'up'} by {compare}" if do_match else "",
     )
-    if do_match:
-        log.info("%d pair(s) of images in different groups may overlap.", len(layout.pairs))
     differences = None
     if do_match and compare == "differences":
         differences = DifferenceCollector(
@@ -318,7 +338,7 @@ def match(
             upper=stats.upper,
             names=layout.names,
         )
-    measurements = _measure_all(layout, stats, do_local, do_match, differences, workers)
+    measurements = _measure_all(layout, stats, do_local, do_match, differences, workers, runner)
 
     valid = np.array([m.usable for m in measurements], dtype=bool)
     reasons = ["" if ok else "it has no usable pixels (all NaN, flagged or masked)" for ok in valid]
@@ -333,7 +353,14 @@ def match(
             records = _difference_records(differences.results())
         else:
             records = _statistics_records(measurements, members, layout.groups)
+        started = time.perf_counter()
         deltas, sets = _fit(records, layout, min_pair_pixels, reject_sigma, reject_iterations)
+        log.info(
+            "Fitted %d group offset(s) to %d pair(s) in %.2f s.",
+            layout.ngroups,
+            len(records),
+            time.perf_counter() - started,
+        )
         _report_sets(sets, deltas, members, layout.names, anchor_sets)
         _anchor(deltas, sets if anchor_sets else None, match_down)
 
@@ -390,14 +417,16 @@ def _is_positive_number(value):
     return bool(np.isfinite(value) and value > 0)
 
 
-def _read_layout(images, stepsize, workers, do_match):
+def _read_layout(images, stepsize, workers, do_match, keep_transforms):
     """First pass, over the image descriptions only.
 
     ``images`` may be a generator that reads them. The footprints are
     small and stay in memory; the intersections of overlapping footprints
     run in worker processes while the next images are read. Like jwst,
     every method builds the footprints, so a broken WCS is always
-    reported.
+    reported. An image with a ``source`` is kept without its transforms
+    and pixel reader unless ``keep_transforms`` (the pixel differences use
+    other images' transforms).
     """
     inputs = []
     names = []
@@ -405,28 +434,60 @@ def _read_layout(images, stepsize, workers, do_match):
     group_labels = []
     groups = []
     footprints = []
+    started = time.perf_counter()
     with PairIntersector(workers) as intersector:
         for k, im in enumerate(images):
-            inputs.append(im)
             names.append(str(im.id))
             key = ("__own__", k) if im.group is None else im.group
             if key not in labels:
                 labels[key] = len(labels)
                 group_labels.append(names[k] if im.group is None else im.group)
             groups.append(labels[key])
-            footprints.append(image_footprint(im.shape, im.forward, stepsize, name=names[k]))
+            fp = im.footprint
+            if fp is None:
+                fp = image_footprint(im.shape, im.forward, stepsize, name=names[k])
+            footprints.append(fp)
+            if im.source is not None and not keep_transforms:
+                im = replace(im, forward=None, inverse=None, pixels=None, footprint=None)
+            inputs.append(im)
             if do_match:
                 intersector.add(footprints[k], groups[k])
         if not inputs:
             raise ValueError("No images to match: the input is empty.")
         pairs, pair_overlaps = intersector.results(names) if do_match else ([], {})
+    log.info(
+        "Footprints of %d image(s)%s in %.1f s.",
+        len(inputs),
+        f" and intersections of {len(pairs)} candidate pair(s)" if do_match else "",
+        time.perf_counter() - started,
+    )
     return _Layout(inputs, names, groups, group_labels, footprints, pairs, pair_overlaps)
 
 
-def _measure_all(layout, stats, do_local, do_match, differences, workers):
-    """Second pass: read every image's pixels once, in ``workers`` threads."""
+def _measure_all(layout, stats, do_local, do_match, differences, workers, runner=None):
+    """Second pass: read every image's pixels once, in ``workers`` threads or on Dask."""
     neighbours = layout.neighbours()
     overlap_stats = do_match and differences is None
+    n = len(layout.images)
+    progress = Progress(log, "Measured", n)
+
+    def report(k, result):
+        for problem in result.problems:
+            log.warning("Image %s: %s.", layout.names[k], problem)
+        progress.advance()
+
+    remote = runner is not None and differences is None
+    if remote and not all(im.source is not None for im in layout.images):
+        log.info("Measuring the images in this process: some exist only in memory.")
+        remote = False
+    if remote:
+        tasks = [
+            _task(layout, k, stats, do_local, neighbours[k] if overlap_stats else [])
+            for k in range(n)
+        ]
+        out = runner.map(_measure_task, tasks, on_result=report)
+        progress.finish(" on Dask")
+        return out
 
     def measure(k):
         try:
@@ -446,7 +507,54 @@ def _measure_all(layout, stats, do_local, do_match, differences, workers):
                 differences.abort(k)
             raise
 
-    return _run(measure, len(layout.images), workers)
+    out = _run(measure, n, workers, report)
+    progress.finish()
+    return out
+
+
+@dataclass(frozen=True)
+class _Task:
+    """What a Dask worker needs to measure one image (all picklable)."""
+
+    source: Callable
+    index: int
+    name: str
+    stats: SkyStatistics
+    do_local: bool
+    neighbours: list
+    pair_overlaps: dict
+    groups: dict
+
+
+def _task(layout, k, stats, do_local, neighbours):
+    """Build the task measuring image ``k`` (its neighbours' overlaps only)."""
+    pairs = {(min(k, j), max(k, j)) for j in neighbours}
+    return _Task(
+        source=layout.images[k].source,
+        index=k,
+        name=layout.names[k],
+        stats=stats,
+        do_local=do_local,
+        neighbours=list(neighbours),
+        pair_overlaps={p: layout.pair_overlaps[p] for p in pairs},
+        groups={j: layout.groups[j] for j in neighbours},
+    )
+
+
+def _measure_task(task):
+    """Measure one image on a worker (see `_measure_all`)."""
+    with task.source() as image:
+        return _measure(
+            image,
+            task.index,
+            task.stats,
+            task.do_local,
+            task.neighbours,
+            task.pair_overlaps,
+            task.groups,
+            {task.index: task.name},
+            None,
+        )
 
 
 def _group_local(measurements, members):
@@ -606,16 +714,13 @@ def _global_levels(group_local, offsets, sets):
     return [lowest.get(key) for key in keys]
 
 
-def _run(func, n, workers):
-    """Apply ``func`` to ``range(n)``, logging progress a few times."""
-    every = max(1, math.ceil(n / 10)) if n >= 20 else n + 1
+def _run(func, n, workers, report):
+    """Apply ``func`` to ``range(n)``; ``report(k, result)`` as each is done."""
     out = [None] * n
 
     def done(k, result):
         out[k] = result
-        finished = k + 1
-        if finished % every == 0 and finished < n:
-            log.info("Measured %d of %d images.", finished, n)
+        report(k, result)
 
     if workers <= 1 or n < 2:
         for k in range(n):
@@ -669,14 +774,21 @@ def _measure(image, k, stats, do_local, neighbours, pair_overlaps, groups, names
     With ``differences`` (``compare='differences'``), the image is handed
     to the pixel-difference collector instead of measuring its overlaps.
     """
+    if image.pixels is None:
+        with image.source() as opened:
+            return _measure(
+                opened, k, stats, do_local, neighbours, pair_overlaps, groups, names, differences
+            )
     result = _Measurement()
     regions = overlap_regions(k, neighbours, pair_overlaps, image.inverse, groups)
     problems = set()
     try:
         _measure_pixels(image, k, stats, do_local, regions, names, differences, result, problems)
-    finally:
+    except BaseException:
         for problem in sorted(problems):
             log.warning("Image %s: %s.", names[k], problem)
+        raise
+    result.problems = sorted(problems)
     return result
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
-import math
 import os
 import threading
 from dataclasses import dataclass
@@ -20,8 +20,17 @@ from stdatamodels.jwst.datamodels.dqflags import pixel as _dq_flags
 from stpipe.library import BorrowError, ClosedLibraryError, NoGroupID
 
 from ._diagnostics import check_diagnostics_prefix, write_diagnostics
+from ._distributed import DaskRunner, check_scheduler
 from ._masks import read_skymask
+from ._members import FileSource, Member, describe_file, start_level
+from ._members import check_model as _check_model
+from ._members import check_subtractable as _check_subtractable
+from ._members import data_unit as _data_unit
+from ._members import good_pixels as _good_pixels
+from ._members import model_name as _model_name
+from ._members import wcs_callables as _wcs_callables
 from ._methods import ImageInput, match
+from ._progress import Progress
 from ._skylist import read_skylist
 from ._statistics import SkyStatistics
 
@@ -81,6 +90,9 @@ class SkymatchStep(Step):
         skymask = string(default=None) # file of (image name, FITS mask) pairs; nonzero mask pixels are usable
         diagnostics = string(default=None) # file prefix for fit diagnostics: <prefix>_pairs.ecsv, <prefix>_images.ecsv, <prefix>.png
         diagnostics_plot = boolean(default=True) # with diagnostics, also write the PNG plot (needs the 'plot' extra)
+
+        # Scale-out (not in jwst's step):
+        dask_scheduler = string(default=None) # measure the images on Dask: 'local' (a cluster of maximum_cores workers), a scheduler address (tcp://host:8786) or a scheduler file; None runs in this process
     """  # noqa: E501
 
     reference_file_types: ClassVar[list] = []
@@ -137,6 +149,7 @@ class SkymatchStep(Step):
         """
         _check_stepsize(self.stepsize)
         workers = _n_workers(self.maximum_cores)
+        scheduler = check_scheduler(self.dask_scheduler)
         diagnostics = self._diagnostics_prefix() if self.skymethod != "user" else None
         if self.skymask and not os.path.isfile(os.path.expanduser(self.skymask)):
             raise ValueError(f"skymask file {self.skymask!r} does not exist.")
@@ -163,10 +176,18 @@ class SkymatchStep(Step):
         dqbits = _parse_dqbits(self.dqbits)
         members = []
         on_disk = _is_on_disk(library)
-        with _quick_collections(on_disk):
+        with _quick_collections(on_disk), contextlib.ExitStack() as dask:
+            files = self._dask_files(library, scheduler)
+            runner = None
+            if files is not None:
+                runner = dask.enter_context(DaskRunner(scheduler, workers))
+                inputs = self._file_inputs(runner, library, files, dqbits, members)
+            else:
+                inputs = self._engine_inputs(library, dqbits, members, on_disk)
             with library:
                 result = match(
-                    self._engine_inputs(library, dqbits, members, on_disk),
+                    inputs,
+                    runner=runner,
                     skymethod=self.skymethod,
                     match_down=self.match_down,
                     stats=stats,
@@ -178,6 +199,7 @@ class SkymatchStep(Step):
                     reject_sigma=self.reject_sigma,
                     reject_iterations=self.reject_iterations,
                 )
+            dask.close()
             updates = self._updates(result, members)
             if diagnostics:
                 # Before any model changes: a failure here changes nothing.
@@ -225,16 +247,10 @@ class SkymatchStep(Step):
         files (each is then freed as soon as it is read). The library
         must be open.
         """
-        group_of = {}
-        if self.grouping == "exposure":
-            for label, indices in library.group_indices.items():
-                for index in indices:
-                    group_of[index] = label
-        else:
-            log.info("grouping='image': every image gets its own sky level.")
+        group_of = self._group_of(library)
         masks = _Masks(self.skymask)
         n = len(library)
-        every = max(1, math.ceil(n / 5)) if n >= 20 else n + 1
+        progress = Progress(log, "Read the WCS of", n, "models")
         for index in range(n):
             with _LEDGER_LOCK:
                 model = _borrow(library, index)
@@ -244,7 +260,7 @@ class SkymatchStep(Step):
                 if self.subtract:
                     _check_subtractable(model, name)
                 members.append(
-                    _Member(name, self._start_level(model, name), shape, _data_unit(model))
+                    Member(name, start_level(model, name, self.subtract), shape, _data_unit(model))
                 )
                 forward, inverse = _wcs_callables(model.meta.wcs)
             finally:
@@ -252,19 +268,88 @@ class SkymatchStep(Step):
                     library.shelve(model, index, modify=False)
             del model
             _release(on_disk)
-            if (index + 1) % every == 0 and index + 1 < n:
-                log.info("Read the WCS of %d of %d images.", index + 1, n)
+            progress.advance()
+            # On disk, the engine keeps only the footprint and re-opens the
+            # model (WCS and pixels) through the source when measuring it.
+            source = _LibrarySource(library, index, dqbits, on_disk, masks)
             yield ImageInput(
                 id=name,
                 shape=shape,
                 forward=forward,
                 inverse=inverse,
-                pixels=_library_pixels(library, index, dqbits, on_disk, masks),
+                pixels=None if on_disk else source.pixels,
                 group=group_of.get(index),
+                source=source if on_disk else None,
             )
+        progress.finish()
         # Every model was read for its name and shape: check the masks
         # before the engine reads any pixel (and before any model changes).
         masks.read([m.name for m in members], [m.shape for m in members])
+
+    def _group_of(self, library):
+        """Sky group label of each model index (empty with grouping='image')."""
+        group_of = {}
+        if self.grouping == "exposure":
+            for label, indices in library.group_indices.items():
+                for index in indices:
+                    group_of[index] = label
+        else:
+            log.info("grouping='image': every image gets its own sky level.")
+        return group_of
+
+    def _dask_files(self, library, scheduler):
+        """Return the members' files for Dask workers (None: run in this process)."""
+        if scheduler is None:
+            return None
+        if self.compare == "differences":
+            log.warning(
+                "dask_scheduler=%r is not used with compare='differences': pixel "
+                "differences need both images of a pair in one process; running here.",
+                scheduler,
+            )
+            return None
+        files = _member_files(library)
+        if files is None:
+            log.warning(
+                "dask_scheduler=%r is not used: some images exist only in memory (models "
+                "passed from Python or changed since they were read), so workers cannot "
+                "open them; running in this process.",
+                scheduler,
+            )
+        return files
+
+    def _file_inputs(self, runner, library, files, dqbits, members):
+        """First pass on the Dask workers: each reads its member's file.
+
+        Yields the engine's inputs (footprint and `FileSource`, no
+        transforms or pixels); appends each model's name and start level
+        to ``members``. The checks are those of `_engine_inputs`.
+        """
+        group_of = self._group_of(library)
+        masks = _Masks(self.skymask)
+        sources = [FileSource(path, k, dqbits, masks) for k, path in enumerate(files)]
+        progress = Progress(log, "Read the WCS of", len(sources), "models")
+        described = runner.map(
+            functools.partial(
+                describe_file, dqbits=dqbits, subtract=self.subtract, stepsize=self.stepsize
+            ),
+            sources,
+            on_result=lambda k, r: progress.advance(),
+        )
+        progress.finish(" on Dask")
+        members.extend(member for member, _ in described)
+        masks.read([m.name for m in members], [m.shape for m in members])
+        for index, (member, footprint) in enumerate(described):
+            yield ImageInput(
+                id=member.name,
+                shape=member.shape,
+                forward=None,
+                inverse=None,
+                pixels=None,
+                group=group_of.get(index),
+                footprint=footprint,
+                source=sources[index],
+            )
 
     def _diagnostics_prefix(self):
         """Where to write the fit diagnostics (None: nowhere), checked up front.
@@ -278,45 +363,6 @@ class SkymatchStep(Step):
             prefix = os.path.join(self.output_dir, prefix)
         check_diagnostics_prefix(prefix, plot=self.diagnostics_plot)
         return prefix
-
-    def _start_level(self, model, name):
-        """Sky level already subtracted from ``model`` (jwst's re-run rules)."""
-        bkg = model.meta.background
-        if bkg.subtracted is None:
-            if bkg.level is not None:
-                raise ValueError(
-                    f"Image {name!r}: meta.background.level is set but "
-                    "meta.background.subtracted is undefined."
-                )
-            return 0.0
-        if bkg.level is None:
-            raise ValueError(
-                f"Image {name!r}: meta.background.subtracted is set but "
-                "meta.background.level is undefined."
-            )
-        if bool(bkg.subtracted) != bool(self.subtract):
-            raise ValueError(
-                f"'subtract' ({self.subtract}) is inconsistent with the background "
-                f"already recorded in image {name!r} "
-                f"(meta.background.subtracted={bkg.subtracted})."
-            )
-        level = float(bkg.level)
-        if math.isfinite(level):
-            return level if self.subtract else 0.0
-        if self.subtract:
-            raise ValueError(
-                f"Image {name!r}: the sky level recorded as already subtracted "
-                f"(meta.background.level={level}) is not finite, so the total sky "
-                "cannot be known. Correct or remove meta.background before running "
-                "with subtract=True."
-            )
-        log.warning(
-            "Image %r: the earlier meta.background.level (%s) is not finite; it is "
-            "not used (subtract=False) and is replaced by the new level.",
-            name,
-            level,
-        )
-        return 0.0
 
     def _updates(self, result, members):
         """Turn the engine's result into what to write into each model."""
@@ -453,66 +499,6 @@ class _Masks:
                 good &= mask
 
 
-def _data_unit(model):
-    unit = getattr(model.meta, "bunit_data", None)
-    return str(unit) if unit else None
-
-
-def _model_name(model, index):
-    return model.meta.filename or f"model #{index}"
-
-
-def _check_model(model, name, dqbits):
-    """Check that ``model`` is a 2-D image with a WCS; return its shape.
-
-    With ``dqbits`` set, its DQ array must have the shape of the data; a
-    model without a DQ array is measured on its finite pixels.
-    """
-    data = getattr(model, "data", None)
-    kind = type(model).__name__
-    if data is None:
-        raise ValueError(
-            f"Image {name!r}: data must be a 2-D image, but this {kind} has no data array."
-        )
-    if np.ndim(data) != 2:
-        raise ValueError(
-            f"Image {name!r}: data must be a 2-D image, got shape {np.shape(data)} ({kind})."
-        )
-    if getattr(model.meta, "wcs", None) is None:
-        raise ValueError(f"Image {name!r} has no WCS (meta.wcs); run assign_wcs on it first.")
-    shape = tuple(int(n) for n in data.shape)
-    if dqbits is not None:
-        dq = getattr(model, "dq", None)
-        if dq is None:
-            log.info("Image %r has no DQ array: all its finite pixels are usable.", name)
-        elif np.shape(dq) != shape:
-            raise ValueError(
-                f"Image {name!r}: its DQ array has shape {np.shape(dq)} but its data "
-                f"have shape {shape}; they must be the same."
-            )
-    return shape
-
-
-def _check_subtractable(model, name):
-    """Check, before any model changes, that the sky can be subtracted in place."""
-    data = getattr(model, "data", None)
-    if data is None:
-        raise ValueError(
-            f"Image {name!r}: the sky cannot be subtracted: this "
-            f"{type(model).__name__} has no data array."
-        )
-    if not np.issubdtype(data.dtype, np.floating):
-        raise ValueError(
-            f"Image {name!r}: the sky cannot be subtracted from data of type "
-            f"{data.dtype}; subtract=True needs floating-point data."
-        )
-    if not data.flags.writeable:
-        raise ValueError(
-            f"Image {name!r}: its data array is read-only, so the sky cannot be "
-            "subtracted (subtract=True); make it writeable or use subtract=False."
-        )
-
-
 def _parse_dqbits(dqbits):
     """DQ flags to ignore as an integer (None: use every finite pixel)."""
     try:
@@ -522,28 +508,6 @@ def _parse_dqbits(dqbits):
             f"Cannot interpret dqbits={dqbits!r}: {err}. Use an integer, flag names such as "
             "'~DO_NOT_USE+NON_SCIENCE', or None."
         ) from err
-
-
-def _good_pixels(model, dqbits):
-    """Pixels usable for sky statistics: finite and free of rejected DQ flags.
-
-    ``dqbits`` is the integer of flags to *ignore* (astropy's
-    ``interpret_bit_flags`` convention); a pixel with any other flag set
-    is rejected; a model without DQ array has only its finite pixels
-    checked. Computed with one integer temporary, not the several of
-    ``bitfield_to_boolean_mask``, to keep the memory per image small.
-    """
-    good = np.isfinite(model.data)
-    dq = getattr(model, "dq", None)
-    if dqbits is None or dq is None:
-        return good
-    dq = np.asarray(dq)
-    if dq.dtype.kind != "u":
-        dq = dq.astype(np.uint32)  # as astropy interprets a signed bit field
-    bad = dq.dtype.type(~int(dqbits) & np.iinfo(dq.dtype).max)
-    flagged = np.bitwise_and(dq, bad)
-    good &= flagged == 0
-    return good
 
 
 _LEDGER_LOCK = threading.Lock()
@@ -618,66 +582,66 @@ def _trim_heap():
         _MALLOC_TRIM(0)
 
 
-def _library_pixels(library, index, dqbits, on_disk, masks):
-    """Context manager factory that borrows one model's pixels.
+class _LibrarySource:
+    """Borrow one model of an open library for its pixels (and WCS).
 
-    The model is returned to the library as soon as its science array and
-    good-pixel mask are taken, so that, for an on-disk library, its other
-    arrays are freed while the statistics are computed. The user's sky
-    mask (`_Masks`), if any, is read then too. The library must be open
-    while the returned context is entered.
+    The model is returned to the library as soon as its science array,
+    good-pixel mask and transforms are taken, so that, for an on-disk
+    library, its other arrays are freed while the statistics are
+    computed. The user's sky mask (`_Masks`), if any, is read then too.
+    Calling the object is a context manager yielding a complete
+    `ImageInput` (an engine ``source``); `pixels` yields only the arrays.
     """
 
-    @contextlib.contextmanager
-    def pixels():
+    def __init__(self, library, index, dqbits, on_disk, masks):
+        self._library = library
+        self._index = index
+        self._dqbits = dqbits
+        self._on_disk = on_disk
+        self._masks = masks
+
+    def _read(self, with_wcs):
         with _LEDGER_LOCK:
-            model = _borrow(library, index)
+            model = _borrow(self._library, self._index)
         try:
+            name = _model_name(model, self._index)
             data = model.data
-            good = _good_pixels(model, dqbits)
-            masks.apply(index, good)
+            good = _good_pixels(model, self._dqbits)
+            self._masks.apply(self._index, good)
+            transforms = _wcs_callables(model.meta.wcs) if with_wcs else (None, None)
         finally:
             with _LEDGER_LOCK:
-                library.shelve(model, index, modify=False)
+                self._library.shelve(model, self._index, modify=False)
         del model
-        _release(on_disk)
+        _release(self._on_disk)
+        return name, data, good, transforms
+
+    @contextlib.contextmanager
+    def pixels(self):
+        """Yield ``(data, good)``."""
+        _, data, good, _ = self._read(False)
         try:
             yield data, good
         finally:
             del data, good
-            if on_disk:
+            if self._on_disk:
                 _trim_heap()
 
-    return pixels
+    @contextlib.contextmanager
+    def __call__(self):
+        name, data, good, (forward, inverse) = self._read(True)
 
+        @contextlib.contextmanager
+        def pixels():
+            yield data, good
 
-def _wcs_callables(wcs):
-    """Forward and inverse transforms of a gwcs, prepared once per image.
-
-    ``gwcs.WCS.invert`` composes the backward transform on every call;
-    taking it once gives the same numbers at a fraction of the cost.
-    """
-    forward_tr = wcs.forward_transform
-
-    def forward(x, y):
-        return forward_tr(x, y, with_bounding_box=False)
-
-    try:
-        backward_tr = wcs.backward_transform
-    except NotImplementedError:
-        backward_tr = None
-
-    if backward_tr is None:
-
-        def inverse(ra, dec):
-            return wcs.invert(ra, dec, with_bounding_box=False)
-
-    else:
-
-        def inverse(ra, dec):
-            return backward_tr(ra, dec, with_bounding_box=False)
-
-    return forward, inverse
+        try:
+            yield ImageInput(
+                id=name, shape=data.shape, forward=forward, inverse=inverse, pixels=pixels
+            )
+        finally:
+            if self._on_disk:
+                _trim_heap()
 
 
 # -- reading members ---------------------------------------------------------
@@ -727,6 +691,39 @@ def _member_path(library, index):
     return repr(os.path.join(asn_dir, expname))
 
 
+def _member_files(library):
+    """Absolute paths of the files holding the library's models, or None.
+
+    A model already loaded in memory (a list of models, or an in-memory
+    library that lent it out) may differ from its file, and so may
+    anything not on a local path: then None. An on-disk library's
+    temporary copy counts as the model's file. stpipe has no public
+    accessor for these, so its attributes are read defensively.
+    """
+    temp = getattr(library, "_temp_filenames", None) or {}
+    loaded = getattr(library, "_loaded_models", None)
+    asn_dir = getattr(library, "_asn_dir", None)
+    if loaded is None or asn_dir is None:
+        return None
+    try:
+        members = library.asn["products"][0]["members"]
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
+    files = []
+    for index in range(len(library)):
+        if index in temp:
+            path = temp[index]
+        elif index in loaded:
+            return None
+        else:
+            path = os.path.join(asn_dir, members[index]["expname"])
+        path = os.path.abspath(os.fspath(path))
+        if not os.path.isfile(path):
+            return None
+        files.append(path)
+    return files
+
+
 def _association_of(paths):
     """Make an association dictionary listing the files ``paths``.
 
@@ -743,16 +740,6 @@ def _association_of(paths):
 
 
 # -- writing results back ----------------------------------------------------
-
-
-@dataclass
-class _Member:
-    """What the first pass learned about one model."""
-
-    name: str
-    start_level: float
-    shape: tuple = ()
-    unit: str | None = None
 
 
 @dataclass
