@@ -848,6 +848,7 @@ def _write_back(library, updates, *, subtract, on_disk, undo):
     others are not.
     """
     done = []
+    progress = Progress(log, "Wrote the results into", len(updates), "models")
     with library:
         try:
             for index, update in enumerate(updates):
@@ -855,6 +856,8 @@ def _write_back(library, updates, *, subtract, on_disk, undo):
                 if undo:
                     done.append((index, record))
                 _release(on_disk)
+                progress.advance()
+            progress.finish()
         except BaseException:
             if done:
                 log.error(
