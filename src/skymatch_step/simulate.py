@@ -548,7 +548,9 @@ def make_image_model(data, wcs, *, dq=None, var=None, exposure=1, detector="nrca
 
     data = np.asarray(data, dtype=np.float32)
     ny, nx = data.shape
-    model = ImageModel(data=data)
+    # Checked once, when saved: validating each of the ~60 assignments
+    # below reloads schemas and was most of the time of writing a mosaic.
+    model = ImageModel(data=data, validate_on_assignment=False)
     model.dq = np.zeros(data.shape, np.uint32) if dq is None else np.asarray(dq, np.uint32)
     var = np.full(data.shape, 1e-4, np.float32) if var is None else np.asarray(var, np.float32)
     model.var_rnoise = var
