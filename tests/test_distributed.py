@@ -173,3 +173,14 @@ def test_missing_dask_names_the_extra(mosaic_on_disk, monkeypatch):
         SkymatchStep.call(str(mosaic_on_disk.asn_path), dask_scheduler="local")
     # without it nothing changes
     assert check_scheduler(None) is None
+
+
+def test_scheduler_without_workers_is_a_clear_error(mosaic_on_disk, monkeypatch):
+    from skymatch_step import _distributed
+
+    monkeypatch.setattr(_distributed, "_CONNECT_TIMEOUT", "1s")
+    with (
+        distributed.LocalCluster(n_workers=0, dashboard_address=None) as empty,
+        pytest.raises(OSError, match=r"has no workers \(waited 1s\)"),
+    ):
+        SkymatchStep.call(str(mosaic_on_disk.asn_path), dask_scheduler=empty.scheduler_address)

@@ -131,9 +131,37 @@ class DaskRunner:
             raise OSError(
                 f"Cannot reach the Dask scheduler {scheduler!r}: {type(err).__name__}: {err}"
             ) from err
+        try:
+            self._client.wait_for_workers(1, timeout=_CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as err:
+            self.close()
+            raise OSError(
+                f"The Dask scheduler {scheduler!r} has no workers (waited {_CONNECT_TIMEOUT})."
+            ) from err
+        self._check_workers()
         nworkers = len(self._client.scheduler_info().get("workers", {}))
         where = "a local cluster" if scheduler == "local" else f"the scheduler {scheduler}"
         log.info("Running the per-image passes on Dask: %s with %d worker(s).", where, nworkers)
+
+    def _check_workers(self):
+        """Fail early, naming the workers, if they cannot run this package."""
+        from . import __version__
+
+        try:
+            versions = self._client.run(_worker_version)
+        except Exception as err:
+            self.close()
+            raise RuntimeError(
+                f"The Dask workers of {self.scheduler!r} cannot run skymatch_step "
+                f"({type(err).__name__}: {err}); install it where they run."
+            ) from err
+        other = {w: v for w, v in versions.items() if v != __version__}
+        if other:
+            self.close()
+            raise RuntimeError(
+                f"The Dask workers of {self.scheduler!r} run another skymatch_step "
+                f"version than this process ({__version__}): {other}."
+            )
 
     def __enter__(self):
         return self
@@ -191,3 +219,9 @@ class DaskRunner:
             self._client.cancel(futures)
             raise
         return out
+
+
+def _worker_version():
+    from . import __version__
+
+    return __version__
