@@ -133,7 +133,7 @@ def _span_mask(rows, starts, stops, shape):
     new_row = np.r_[True, rows[1:] != rows[:-1]]
     first = np.flatnonzero(new_row)
     rank = np.arange(rows.size) - np.repeat(first, np.diff(np.r_[first, rows.size]))
-    mask = np.zeros(shape, dtype=bool)
+    mask = None
     for r in range(int(rank.max()) + 1):
         sel = rank == r
         lo = np.full(h, w)
@@ -142,5 +142,8 @@ def _span_mask(rows, starts, stops, shape):
         hi[rows[sel]] = stops[sel]
         inside = cols >= lo[:, None]
         inside &= cols < hi[:, None]
-        mask |= inside
+        if mask is None:
+            mask = inside
+        else:
+            mask |= inside
     return mask
