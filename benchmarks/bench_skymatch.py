@@ -19,6 +19,14 @@ Full NIRCam-scale run (several GB of simulated files, tens of minutes)::
 Smoke test (seconds; CI runs this, never as a timing assertion)::
 
     python benchmarks/bench_skymatch.py --smoke
+
+Models already loaded (as in the Image3 pipeline, where tweakreg has read
+them before skymatch runs): each run builds a ``ModelLibrary(on_disk=False)``
+of the association, borrows every model and reads its arrays, then times
+only ``step.run(library)``; jwst and ours alternate (no floor or open
+reference: there is nothing left to open). Results go to ``loaded.*``::
+
+    python benchmarks/bench_skymatch.py --loaded --cases nircam16 nircam64
 """
 
 from __future__ import annotations
@@ -46,10 +54,32 @@ SPARSE_SIZES = (100, 300, 1000)
 SMOKE = {"smoke": (4, 1, 128, ("match",), 0.15)}
 # What each round runs: jwst's step, ours, and the two references.
 RUNNERS = ("jwst", "ours", "floor", "open")
+# Arrays read before the timed run with --loaded (those tweakreg and
+# skymatch use; the others stay unread, as in the pipeline).
+LOADED_ARRAYS = ("data", "dq", "err")
+
+
+def _load_library(asn):
+    """An in-memory library of ``asn`` with every model's arrays read."""
+    from jwst.datamodels import ModelLibrary
+
+    library = ModelLibrary(asn, on_disk=False)
+    with library:
+        for index in range(len(library)):
+            model = library.borrow(index)
+            for name in LOADED_ARRAYS:
+                if model.hasattr(name):
+                    getattr(model, name)
+            library.shelve(model, index, modify=False)
+    return library
 
 
 def _run_one(which, asn, method, in_memory, cores):
-    """Body of a worker subprocess: time one step call, report peak memory."""
+    """Body of a worker subprocess: time one step call, report peak memory.
+
+    ``in_memory == "loaded"``: the models are loaded first (see
+    `_load_library`) and only ``step.run(library)`` is timed.
+    """
     import logging
     import resource
 
@@ -68,6 +98,18 @@ def _run_one(which, asn, method, in_memory, cores):
         kwargs = {"maximum_cores": cores}
         # --compare of the parent process (inherited through the environment)
         kwargs["compare"] = os.environ.get("SKYMATCH_BENCH_COMPARE", "statistics")
+    base = None
+    if in_memory == "loaded":
+        library = _load_library(asn)
+        step = Step(skymethod=method, **kwargs)
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        start = time.perf_counter()
+        step.run(library)
+        seconds = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        print(json.dumps({"seconds": seconds, "peak_mb": peak, "loaded_mb": base}))
+        return
+    in_memory = in_memory == "True"
     start = time.perf_counter()
     if which in ("floor", "open"):
         library_class = ModelLibrary
@@ -127,7 +169,7 @@ def _measure(asn, method, repeats, in_memory, cores, with_jwst=True, reference_r
     for k in range(repeats):
         refs = reference_rounds is None or k < reference_rounds
         order = (["jwst"] if with_jwst and refs else []) + ["ours"]
-        order += ["floor", "open"] if refs else []
+        order += ["floor", "open"] if refs and in_memory != "loaded" else []
         for which in order:
             runs[which].append(_spawn(which, asn, method, in_memory, cores))
     return runs
@@ -164,13 +206,18 @@ def main(argv=None):
         choices=("statistics", "differences"),
         help="compare option of our step (jwst always compares statistics)",
     )
+    parser.add_argument(
+        "--loaded",
+        action="store_true",
+        help="time step.run on a library whose models are already loaded (results: loaded.*)",
+    )
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not args.worker:
         os.environ["SKYMATCH_BENCH_COMPARE"] = args.compare
     if args.worker:
         which, asn, method, in_memory, cores = args.worker
-        _run_one(which, asn, method, in_memory == "True", cores)
+        _run_one(which, asn, method, in_memory, cores)
         return 0
 
     workdir = Path(args.workdir)
@@ -180,17 +227,20 @@ def main(argv=None):
     cases = SMOKE if args.smoke else {k: CASES[k] for k in args.cases if k in CASES}
     repeats = 1 if args.smoke else args.repeats
     rows = []
+    mode = "loaded" if args.loaded else True
     for name, (n_exp, ndet, size, methods, overlap) in cases.items():
         asn = _simulate(name, n_exp, ndet, size, overlap, workdir)
         for method in methods:
-            runs = _measure(asn, method, repeats, True, args.cores)
-            rows.append(_row(name, n_exp * ndet, size, method, True, runs))
+            runs = _measure(asn, method, repeats, mode, args.cores)
+            rows.append(_row(name, n_exp * ndet, size, method, mode, runs))
             print(_format(rows[-1]), flush=True)
+        if args.loaded:
+            continue
         if name in ("nircam16", "nircam64") or args.smoke:
             runs = _measure(asn, "match", repeats, False, args.cores)
             rows.append(_row(name, n_exp * ndet, size, "match", False, runs))
             print(_format(rows[-1]), flush=True)
-    if "sparse" in args.cases and not args.smoke:
+    if "sparse" in args.cases and not (args.smoke or args.loaded):
         for n in SPARSE_SIZES:
             name = f"sparse{n}"
             asn = _simulate(name, n, 1, 256, 0.05, workdir, columns=int(n**0.5 * 2))
@@ -210,13 +260,22 @@ def main(argv=None):
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"jwst {importlib.metadata.version('jwst')}"
     )
-    (outdir / "latest.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+    stem = "loaded" if args.loaded else "latest"
+    data = json.dumps({"machine": machine, "rows": rows}, indent=1)
+    _write(outdir / f"{stem}.json", data)
     table = _table(rows, machine, argv)
-    (outdir / "latest.md").write_text(table)
-    (outdir / "latest.rst").write_text(_table(rows, machine, argv, rst=True))
+    _write(outdir / f"{stem}.md", table)
+    _write(outdir / f"{stem}.rst", _table(rows, machine, argv, rst=True))
     print("\n" + table)
-    _plot(rows, outdir / "latest.png")
+    _plot(rows, outdir / f"{stem}.png")
     return 0
+
+
+def _write(path, text):
+    """Write ``text`` to ``path`` through a temporary file (never half-written)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _row(name, n, size, method, in_memory, runs):
@@ -242,8 +301,12 @@ def _row(name, n, size, method, in_memory, runs):
         "jwst_over_open": statistics.median(ceiling) if ceiling else float("nan"),
         "jwst_peak_mb": _median(runs["jwst"], "peak_mb"),
         "ours_peak_mb": _median(runs["ours"], "peak_mb"),
+        # With --loaded: the memory of the loaded library, before the step ran.
+        "jwst_loaded_mb": _median([r for r in runs["jwst"] if "loaded_mb" in r], "loaded_mb"),
+        "ours_loaded_mb": _median([r for r in runs["ours"] if "loaded_mb" in r], "loaded_mb"),
         "repeats": len(runs["ours"]),
-        "reference_repeats": len(runs["floor"]),
+        # rounds with the references (with --loaded, there are none: those with jwst)
+        "reference_repeats": len(runs["jwst"] if in_memory == "loaded" else runs["floor"]),
     }
 
 
@@ -309,16 +372,29 @@ def _table(rows, machine, argv, rst=False):
     """The results as a Markdown table, or a reST list-table for the docs."""
     cmd = ("python benchmarks/bench_skymatch.py " + " ".join(argv or sys.argv[1:])).strip()
     quote = "``" if rst else "`"
-    lines = [
-        f"Machine: {machine}. Command: {quote}{cmd}{quote}. Each run in a fresh process, "
-        f"timed around {quote}Step.call{quote}; jwst, ours, the floor (open every model "
-        "through ModelLibrary + one median per image) and open (the opening alone, through "
-        "our step's library class) alternate. Times are medians; jwst/ours and jwst/open "
-        "are medians of the ratios of runs made side by side; jwst/open is the speed-up of "
-        "a step that would only open the models; runs = rounds of ours / rounds with jwst "
-        "and the references.",
-        "",
-    ]
+    if any(r["in_memory"] == "loaded" for r in rows):
+        loaded = [r["ours_loaded_mb"] for r in rows if r["ours_loaded_mb"] == r["ours_loaded_mb"]]
+        lines = [
+            f"Machine: {machine}. Command: {quote}{cmd}{quote}. Each run in a fresh process "
+            f"loads a {quote}ModelLibrary(on_disk=False){quote} of the association and reads "
+            "every model's arrays (as tweakreg leaves them in the Image3 pipeline), then is "
+            f"timed around {quote}step.run(library){quote} only; jwst and ours alternate. "
+            "Times are medians; jwst/ours is the median of the ratios of runs made side by "
+            "side; peak memory includes the loaded library "
+            f"({', '.join(f'{v:.0f}' for v in loaded)} MB before the step ran).",
+            "",
+        ]
+    else:
+        lines = [
+            f"Machine: {machine}. Command: {quote}{cmd}{quote}. Each run in a fresh process, "
+            f"timed around {quote}Step.call{quote}; jwst, ours, the floor (open every model "
+            "through ModelLibrary + one median per image) and open (the opening alone, through "
+            "our step's library class) alternate. Times are medians; jwst/ours and jwst/open "
+            "are medians of the ratios of runs made side by side; jwst/open is the speed-up of "
+            "a step that would only open the models; runs = rounds of ours / rounds with jwst "
+            "and the references.",
+            "",
+        ]
     if rst:
         lines += [".. list-table::", "   :header-rows: 1", ""]
         for cells in (_HEADER, *(_cells(r) for r in rows)):

@@ -84,3 +84,17 @@ def test_rejects_bad_polygons():
         fill_polygon([0, 1, 0], [0, 0, 1], (5, 5))
     with pytest.raises(GeometryError, match="not finite"):
         fill_polygon([0, 1, np.nan, 0], [0, 0, 1, 0], (5, 5))
+
+
+def test_span_mask_is_the_union_of_the_spans():
+    # Several spans per row, touching and overlapping ones, empty rows.
+    from skymatch_step._raster import _span_mask
+
+    rows = np.array([0, 0, 0, 2, 3, 3])
+    starts = np.array([0, 3, 4, 5, 1, 1])
+    stops = np.array([2, 5, 7, 6, 3, 2])
+    expected = np.zeros((4, 7), dtype=bool)
+    for r, a, b in zip(rows, starts, stops, strict=True):
+        expected[r, a:b] = True
+    np.testing.assert_array_equal(_span_mask(rows, starts, stops, (4, 7)), expected)
+    assert expected[0].tolist() == [True, True, False, True, True, True, True]

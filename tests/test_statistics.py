@@ -277,9 +277,9 @@ def _spy_bins(monkeypatch):
     seen = []
     real = _statistics._histogram
 
-    def spy(x, nbins, dz, vmin):
+    def spy(x, nbins, dz, vmin, *args):
         seen.append(nbins)
-        return real(x, nbins, dz, vmin)
+        return real(x, nbins, dz, vmin, *args)
 
     monkeypatch.setattr(_statistics, "_histogram", spy)
     return seen
@@ -399,3 +399,73 @@ def test_bins_too_narrow_for_float32():
     for stat in ("mode", "midpt"):
         with pytest.raises(StatsOverflowError, match=r"float32 cannot resolve bins so narrow"):
             SkyStatistics(skystat=stat, nclip=1)(x)
+
+
+# --- Sorted values ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.9])
+@pytest.mark.parametrize("stat", ["mean", "median", "mode", "midpt"])
+def test_sorted_values_of_a_mask_same_as_the_selection(stat, fraction):
+    # Big-endian 2-D data and a mask (as the step reads FITS images): the
+    # statistic of sorted_values(data, mask) is that of data[mask], to the bit.
+    from skymatch_step._statistics import sorted_values
+
+    rng = np.random.default_rng(31)
+    data = (rng.normal(0.3, 0.01, (120, 90)) + (rng.random((120, 90)) < 0.03) * 5.0).astype(">f4")
+    data[::17, ::5] = np.nan
+    mask = np.isfinite(data) & (rng.random(data.shape) < fraction)
+    view = data[10:100, 7:80]  # a non-contiguous box, as an overlap's
+    for d, m in ((data, mask), (view, mask[10:100, 7:80])):
+        settings = SkyStatistics(skystat=stat, nclip=3)
+        sample = sorted_values(d, m)
+        assert sample.size == np.count_nonzero(m)
+        assert np.all(np.diff(sample.values) >= 0)
+        ours = settings(sample)
+        assert ours == settings(d[m])
+        assert ours == _reference(
+            d[m].astype(np.float32), stat, nclip=3, lsig=4.0, usig=4.0, binwidth=0.1
+        )
+    assert sorted_values(data, np.zeros(data.shape, bool)).size == 0
+    with pytest.raises(ValueError, match=r"mask shape \(2, 2\) != data shape \(120, 90\)"):
+        sorted_values(data, np.ones((2, 2), bool))
+
+
+def test_sorted_values_leave_the_input_alone():
+    from skymatch_step._statistics import sorted_values
+
+    x = np.array([3.0, 1.0, 2.0], dtype=np.float32)
+    assert sorted_values(x).first == 3.0
+    np.testing.assert_array_equal(x, [3.0, 1.0, 2.0])
+    sorted_values(x, overwrite=True)
+    np.testing.assert_array_equal(x, [1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize("stat", ["mode", "midpt"])
+def test_histogram_by_search_same_as_binning(monkeypatch, stat):
+    # The bin edges found by binary search on sorted values give the counts
+    # of binning every value (dense and occupied-bins paths), bin by bin.
+    from skymatch_step import _statistics
+
+    rng = np.random.default_rng(41)
+    x = np.sort(
+        np.concatenate([rng.normal(0.0, 1.0, 20_000), np.round(rng.normal(0, 1, 5000), 2)])
+    ).astype(np.float32)
+    for nbins in (3, 61, 1000):
+        vmin = float(x[100])
+        dz = (float(x[-100]) - vmin) / (nbins - 1)
+        search = _statistics._sorted_histogram(x, nbins, dz, vmin)
+        for dense in (True, False):
+            monkeypatch.setattr(_statistics, "_DENSE_BINS", 1 << 20 if dense else 0)
+            monkeypatch.setattr(_statistics, "_DENSE_BINS_PER_VALUE", 1.0 if dense else 0.0)
+            binned = _statistics._histogram(x, nbins, dz, vmin)
+            np.testing.assert_array_equal(search[0], binned[0])
+            np.testing.assert_array_equal(search[1], binned[1])
+    # and through compute: every path gives the same statistic
+    y = rng.normal(0.3, 0.01, 30_000).astype(np.float32)
+    values = set()
+    for per_value in (16, 1 << 40):
+        monkeypatch.setattr(_statistics, "_SEARCH_BINS_PER_VALUE", per_value)
+        values.add(SkyStatistics(skystat=stat)(y))
+    assert len(values) == 1
+    assert values.pop() == _reference(y, stat, nclip=5, lsig=4.0, usig=4.0, binwidth=0.1)

@@ -119,8 +119,31 @@ def fill_polygon(x, y, shape):
     c0 = int(a.min())
     h = int(span_row.max()) - r0 + 1
     w = int(stop.max()) - c0
-    diff = np.zeros((h, w + 1), dtype=np.int32)
-    np.add.at(diff, (span_row - r0, a - c0), 1)
-    np.add.at(diff, (span_row - r0, stop - c0), -1)
-    mask = np.cumsum(diff, axis=1)[:, :w] > 0
-    return (r0, c0), mask
+    return (r0, c0), _span_mask(span_row - r0, a - c0, stop - c0, (h, w))
+
+
+def _span_mask(rows, starts, stops, shape):
+    """Mask of the union of the row spans ``[starts, stops)`` (rows non-decreasing).
+
+    Filled by comparing column indices with each row's span limits, one
+    pass per span rank within a row (one pass for a convex polygon).
+    """
+    h, w = shape
+    cols = np.arange(w)
+    new_row = np.r_[True, rows[1:] != rows[:-1]]
+    first = np.flatnonzero(new_row)
+    rank = np.arange(rows.size) - np.repeat(first, np.diff(np.r_[first, rows.size]))
+    mask = None
+    for r in range(int(rank.max()) + 1):
+        sel = rank == r
+        lo = np.full(h, w)
+        hi = np.zeros(h, dtype=lo.dtype)
+        lo[rows[sel]] = starts[sel]
+        hi[rows[sel]] = stops[sel]
+        inside = cols >= lo[:, None]
+        inside &= cols < hi[:, None]
+        if mask is None:
+            mask = inside
+        else:
+            mask |= inside
+    return mask

@@ -48,7 +48,14 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SKYSTATS", "SkyStatistics", "StatsError", "StatsOverflowError"]
+__all__ = [
+    "SKYSTATS",
+    "SkyStatistics",
+    "SortedValues",
+    "StatsError",
+    "StatsOverflowError",
+    "sorted_values",
+]
 
 #: Names of the supported statistics.
 SKYSTATS = ("mean", "median", "mode", "midpt")
@@ -141,22 +148,133 @@ class SkyStatistics:
         return compute(values, self)
 
 
+class SortedValues:
+    """Pixel values as float32, sorted once for every statistic computed from them.
+
+    Every quantity the statistics need (the values inside clipping
+    limits, their range, the median, the histogram's values) is then a
+    contiguous slice found by binary search, instead of a filtered copy
+    per clipping iteration. Build it with `sorted_values`; `compute` and
+    `SkyStatistics` accept it in place of an array.
+
+    Attributes
+    ----------
+    values : ndarray of float32
+        The values in increasing order (native byte order).
+    first : numpy.float32 or None
+        The first value in the original order (``ImageStats`` starts its
+        running minimum and maximum from it); None when there are none.
+    """
+
+    __slots__ = ("first", "values")
+
+    def __init__(self, values, first):
+        self.values = values
+        self.first = first
+
+    @property
+    def size(self):
+        """Number of values."""
+        return self.values.size
+
+
+def sorted_values(data, mask=None, *, overwrite=False):
+    """Sort the usable pixels of ``data`` as float32, for `compute`.
+
+    Parameters
+    ----------
+    data : array-like
+        Pixel values (any shape, any real dtype, any byte order).
+    mask : array-like of bool or None
+        Usable pixels (same shape as ``data``); `None` for all. The values
+        are taken in C order, as ``data[mask]`` would give them.
+    overwrite : bool
+        Whether ``data`` may be sorted in place when it already is a
+        contiguous native float32 array without a mask (saves a copy).
+
+    Returns
+    -------
+    SortedValues
+    """
+    data = np.asarray(data)
+    if mask is None:
+        x = np.ravel(data)
+        if x.dtype != np.float32 or not x.dtype.isnative:
+            with np.errstate(over="ignore"):
+                x = x.astype(np.float32)
+        elif not (overwrite and np.shares_memory(x, data)):
+            x = x.copy()
+        first = x[0] if x.size else None
+        x.sort()
+        return SortedValues(x, first)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != data.shape:
+        raise ValueError(f"mask shape {mask.shape} != data shape {data.shape}")
+    flat_mask = np.ravel(mask)
+    n = int(np.count_nonzero(flat_mask))
+    if n == 0:
+        return SortedValues(np.zeros(0, dtype=np.float32), None)
+    if 2 * n < flat_mask.size:
+        # Few usable values: gathering them is cheaper than sorting all.
+        with np.errstate(over="ignore"):
+            x = np.ravel(data)[flat_mask].astype(np.float32)
+        first = x[0]
+        x.sort()
+        return SortedValues(x, first)
+    # Many: one converted copy, the unusable pixels set to NaN (sorted
+    # last), instead of a slow boolean gather.
+    x = np.empty(data.size, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.copyto(x.reshape(data.shape), data, casting="unsafe")
+    first = x[int(np.argmax(flat_mask))]
+    np.copyto(x, np.float32(np.nan), where=~flat_mask)
+    x.sort()
+    return SortedValues(x[:n], first)
+
+
+def _span(s, lo32, hi32):
+    """Slice ``(i, j)`` of the sorted ``s`` holding the values in ``[lo32, hi32]``."""
+    return int(np.searchsorted(s, lo32, "left")), int(np.searchsorted(s, hi32, "right"))
+
+
+def _bound(s, limit, side):
+    """Index in ``s`` where values stop being below (``left``) or reach above ``limit``.
+
+    The comparison is numpy's ``s >= limit`` (``left``) or ``s <= limit``
+    (``right``) for a limit of any type (a float64 limit is compared in
+    float64), as a mask over ``s`` would select.
+    """
+    n = s.size
+    # A limit beyond the float32 range is no limit (as for a mask).
+    with np.errstate(over="ignore"):
+        i = int(np.searchsorted(s, np.float32(limit), side))
+        if side == "left":
+            while i < n and not (s[i] >= limit):
+                i = int(np.searchsorted(s, s[i], "right"))
+            while i > 0 and s[i - 1] >= limit:
+                i = int(np.searchsorted(s, s[i - 1], "left"))
+        else:
+            while i > 0 and not (s[i - 1] <= limit):
+                i = int(np.searchsorted(s, s[i - 1], "left"))
+            while i < n and s[i] <= limit:
+                i = int(np.searchsorted(s, s[i], "right"))
+    return i
+
+
 class _Moments:
     """Count, mean, std and range of the values within clipping limits."""
 
-    __slots__ = ("first", "hi32", "lo32", "max", "mean", "min", "n", "reused", "std")
+    __slots__ = ("hi32", "i", "j", "lo32", "max", "mean", "min", "n", "reused", "std")
 
 
-def _clipped_moments(x, lo, hi, prev=None, *, xmin=None, xmax=None, need_std=True):
-    """Moments of the values of ``x`` within ``[lo, hi]``.
+def _clipped_moments(s, lo, hi, prev=None, *, need_std=True, scratch=None):
+    """Moments of the values of the sorted ``s`` within ``[lo, hi]``.
 
     Follows ``computeMean`` of stsci.imagestats (float32 limits, double
-    sums, float32 results). Two shortcuts change no number: when the
-    limits hold every value of ``x`` (``xmin``, ``xmax``: its range) the
-    values are used without a copy, and when the selection cannot differ
-    from ``prev`` (the previous iteration's) its moments are reused. The
-    selected copy is squared in place for the variance, so one image-sized
-    temporary is needed, not two. Without ``need_std`` the standard
+    sums, float32 results). The values inside the limits are the slice
+    ``s[i:j]``; when it is the previous iteration's (``prev``), its
+    moments are reused. ``scratch`` (float32, at least as long as ``s``)
+    holds the squared deviations. Without ``need_std`` the standard
     deviation is not computed (NaN). Overflow is silent here: a limit
     beyond the float32 range is no limit, and a standard deviation that
     overflows is infinite (the caller reports it).
@@ -165,46 +283,29 @@ def _clipped_moments(x, lo, hi, prev=None, *, xmin=None, xmax=None, need_std=Tru
     with np.errstate(over="ignore"):
         m.lo32 = np.float32(lo)
         m.hi32 = np.float32(hi)
+    m.i, m.j = _span(s, m.lo32, m.hi32)
     m.reused = False
-    nested = prev is not None and prev.lo32 <= m.lo32 and m.hi32 <= prev.hi32
-    # The previous selection is kept whole when the new limits hold all of
-    # it and either lie inside the previous limits or it was every value.
-    if (
-        prev is not None
-        and (nested or prev.n == x.size)
-        and m.lo32 <= prev.min
-        and prev.max <= m.hi32
-    ):
-        for name in ("first", "n", "mean", "std", "min", "max"):
+    if prev is not None and (prev.i, prev.j) == (m.i, m.j):
+        for name in ("n", "mean", "std", "min", "max"):
             setattr(m, name, getattr(prev, name))
         m.reused = True
         return m
-    if xmin is not None and m.lo32 <= xmin and xmax <= m.hi32:
-        good, owned = x, False
-    else:
-        keep = x >= m.lo32
-        np.logical_and(keep, x <= m.hi32, out=keep)
-        good, owned = x[keep], True
-        del keep
-    m.n = good.size
+    m.n = max(0, m.j - m.i)
     if m.n == 0:
-        m.first = m.mean = m.std = m.min = m.max = 0.0
+        m.mean = m.std = m.min = m.max = 0.0
         return m
-    m.first = good[0]
-    m.min = good.min()
-    m.max = good.max()
+    good = s[m.i : m.j]
+    m.min = good[0]
+    m.max = good[-1]
     with np.errstate(over="ignore"):
         mean = np.float32(np.sum(good, dtype=np.float64) / m.n)
     m.std = float("nan")
     if m.n > 1 and need_std:
         # Squares of differences above ~1.8e19 overflow float32 (as in
         # computeMean): the standard deviation is then infinite.
+        d = np.empty(m.n, dtype=np.float32) if scratch is None else scratch[: m.n]
         with np.errstate(over="ignore", invalid="ignore"):
-            if owned:
-                d = good
-                np.subtract(d, mean, out=d)
-            else:
-                d = good - mean
+            np.subtract(good, mean, out=d)
             np.multiply(d, d, out=d)
             m.std = float(np.float32(np.sqrt(np.sum(d, dtype=np.float64) / (m.n - 1))))
     m.mean = float(mean)
@@ -258,15 +359,16 @@ def compute(values, settings):
         If a quantity the statistic needs (standard deviation, histogram
         range, the statistic itself) overflows float32.
     """
-    x = np.ravel(np.asarray(values))
-    if x.dtype != np.float32:
-        with np.errstate(over="ignore"):
-            x = x.astype(np.float32)
-    if x.size == 0:
+    if not isinstance(values, SortedValues):
+        values = sorted_values(values)
+    s = values.values
+    if s.size == 0:
         raise StatsError("no pixel values to compute statistics from")
 
-    dmin = x.min()
-    dmax = x.max()
+    dmin = s[0]
+    dmax = s[-1]
+    if np.isnan(dmax):
+        dmin = dmax  # as the minimum of values with a NaN is
     if not (np.isfinite(dmin) and np.isfinite(dmax)):
         raise StatsError(
             "pixel values must be finite as float32 (magnitudes above 3.4e38 overflow); "
@@ -286,12 +388,13 @@ def compute(values, settings):
     histogram = stat in ("mode", "midpt")
     clipmin, clipmax = lower, upper
     moments = None
+    scratch = None
     for it in range(settings.nclip + 1):
         # The last iteration's standard deviation only sets the bin width.
         need_std = it < settings.nclip or histogram
-        moments = _clipped_moments(
-            x, clipmin, clipmax, moments, xmin=dmin, xmax=dmax, need_std=need_std
-        )
+        if need_std and scratch is None and s.size > 1:
+            scratch = np.empty(s.size, dtype=np.float32)
+        moments = _clipped_moments(s, clipmin, clipmax, moments, need_std=need_std, scratch=scratch)
         if moments.n <= 0:
             raise StatsError("no pixel values left inside the clipping limits")
         if not math.isfinite(moments.mean):
@@ -321,23 +424,27 @@ def compute(values, settings):
             # (a single value has an undefined standard deviation).
             clipmin = max(lower, moments.mean - settings.lsigma * moments.std)
             clipmax = min(upper, moments.mean + settings.usigma * moments.std)
+    del scratch
     npix, mean, std = moments.n, moments.mean, moments.std
-    vmin, vmax = _range(moments, x[0])
+    vmin, vmax = _range(moments, values.first)
 
     if stat == "mean":
         return mean, npix
     if stat == "median":
-        with np.errstate(over="ignore"):  # limits beyond float32: no limits
-            if settings.nclip > 0:
-                x = x[(x <= clipmax) & (x >= clipmin)]
-            median = np.median(x)
+        # Of the values inside the final limits compared as the limits'
+        # types compare (of all values when nclip == 0, as ImageStats).
+        i, j = 0, s.size
+        if settings.nclip > 0:
+            i, j = _bound(s, clipmin, "left"), _bound(s, clipmax, "right")
+        with np.errstate(over="ignore"):  # as jwst: the mean of two huge values
+            median = _sorted_median(s[i:j]) if j > i else np.median(s[i:i])
         if not np.isfinite(median):
-            raise _overflow(f"the median of {x.size} values", dmin, dmax)
+            raise _overflow(f"the median of {max(0, j - i)} values", dmin, dmax)
         return median, npix
 
     if npix == 1:
         # Degenerate: a single value (see module docstring).
-        return float(moments.first), npix
+        return float(s[moments.i]), npix
     hwidth = settings.binwidth * std
     drange = vmax - vmin
     if drange == 0.0:
@@ -356,12 +463,20 @@ def compute(values, settings):
         )
 
     if stat == "mode":
-        value = _mode(x, nbins, dz, vmin, hwidth)
+        value = _mode(s, nbins, dz, vmin, hwidth, presorted=True)
     else:
-        value = _midpt(x, nbins, dz, vmin, vmax, hwidth)
+        value = _midpt(s, nbins, dz, vmin, vmax, hwidth, presorted=True)
     if not np.isfinite(value):
         raise _overflow(f"the {stat}", dmin, dmax)
     return value, npix
+
+
+def _sorted_median(s):
+    """``np.median`` of the sorted ``s``, from its middle value(s) only."""
+    half = s.size // 2
+    if s.size % 2:
+        return np.median(s[half : half + 1])
+    return np.median(s[half - 1 : half + 1])
 
 
 _HIST_CHUNK = 1 << 20
@@ -373,12 +488,16 @@ _HIST_CHUNK = 1 << 20
 _DENSE_BINS = 1 << 20
 _DENSE_BINS_PER_VALUE = 1.0
 
+#: With sorted values, the bin edges are found by binary search when there
+#: are at least this many values per bin (else every value is binned).
+_SEARCH_BINS_PER_VALUE = 16
+
 #: Bin indices are int64; float32 scaled values below 2**63 convert exactly.
 _MAX_BINS = 1 << 62
 
 
-def _scaled_chunks(x, nbins, dz, vmin):
-    """Yield, chunk by chunk, the float32 bin coordinates of the histogram's values.
+def _frame(nbins, dz, vmin):
+    """Return the histogram's float32 ``start``, ``stop`` and inverse bin width.
 
     As ``populate1DHist`` of stsci.imagestats (1.8.2 and later) computes
     them: float32 throughout, values in ``[start, stop)`` have coordinate
@@ -397,6 +516,29 @@ def _scaled_chunks(x, nbins, dz, vmin):
             "pixel values too large for float32 statistics (overflow): the histogram "
             f"range from {vmin:.3g} ({nbins} bins of {dz:.3g}) does not fit float32"
         )
+    return start, stop, inv
+
+
+def _scaled_chunks(x, nbins, dz, vmin, presorted=False):
+    """Yield, chunk by chunk, the float32 bin coordinates of the histogram's values.
+
+    See `_frame`. With ``presorted`` (``x`` in increasing order) the
+    coordinates come in increasing order, and each yielded array is
+    overwritten by the next.
+    """
+    start, stop, inv = _frame(nbins, dz, vmin)
+    if presorted:
+        # The values in [start, stop) are a slice; no filtering needed.
+        lo = int(np.searchsorted(x, start, "left"))
+        hi = max(lo, int(np.searchsorted(x, stop, "left")))
+        buffer = np.empty(min(_HIST_CHUNK, hi - lo), dtype=np.float32)
+        for first in range(lo, hi, _HIST_CHUNK):
+            chunk = x[first : min(hi, first + _HIST_CHUNK)]
+            scaled = buffer[: chunk.size]
+            np.subtract(chunk, start, out=scaled)
+            scaled *= inv
+            yield scaled
+        return
     for first in range(0, x.size, _HIST_CHUNK):
         chunk = x[first : first + _HIST_CHUNK]
         inside = chunk >= start
@@ -408,11 +550,12 @@ def _scaled_chunks(x, nbins, dz, vmin):
         yield scaled
 
 
-def _histogram(x, nbins, dz, vmin):
+def _histogram(x, nbins, dz, vmin, presorted=False):
     """Occupied bins of the histogram of ``x``, as ``histogram1d`` fills it.
 
     A bin index that rounds up to ``nbins`` is dropped (the upper edge
-    rule of stsci.imagestats 1.8.2 and later).
+    rule of stsci.imagestats 1.8.2 and later). ``presorted``: ``x`` is in
+    increasing order (only the values inside the histogram are read).
 
     Returns
     -------
@@ -421,19 +564,21 @@ def _histogram(x, nbins, dz, vmin):
     counts : ndarray of int64
         Their counts (all positive).
     """
+    if presorted and nbins <= x.size // _SEARCH_BINS_PER_VALUE:
+        return _sorted_histogram(x, nbins, dz, vmin)
     if nbins <= max(_DENSE_BINS, _DENSE_BINS_PER_VALUE * x.size):
         counts = np.zeros(nbins, dtype=np.int64)
-        for scaled in _scaled_chunks(x, nbins, dz, vmin):
+        for scaled in _scaled_chunks(x, nbins, dz, vmin, presorted):
             counts += np.bincount(scaled.astype(np.intp), minlength=nbins)[:nbins]
         bins = np.flatnonzero(counts)
         return bins, counts[bins]
     # Many bins: memory in proportion to the values, not to the bins.
     parts_bins, parts_counts = [], []
-    for scaled in _scaled_chunks(x, nbins, dz, vmin):
+    for scaled in _scaled_chunks(x, nbins, dz, vmin, presorted):
         index = scaled.astype(np.int64)
         del scaled
         index = index[index < nbins]
-        b, c = np.unique(index, return_counts=True)
+        b, c = _runs(index) if presorted else np.unique(index, return_counts=True)
         parts_bins.append(b)
         parts_counts.append(c)
     if len(parts_bins) == 1:
@@ -454,6 +599,45 @@ def _histogram(x, nbins, dz, vmin):
     return bins[first], np.add.reduceat(counts, first)
 
 
+def _sorted_histogram(s, nbins, dz, vmin):
+    """`_histogram` of the sorted ``s`` by binary search of the bin edges.
+
+    A value's bin (its float32 coordinate, rounded down) never decreases
+    along ``s``, so bin ``k`` starts at the first value whose bin is at
+    least ``k``: the search evaluates the coordinate of about
+    ``nbins * log2(len(s))`` values, not of every value.
+    """
+    start, stop, inv = _frame(nbins, dz, vmin)
+    lo = int(np.searchsorted(s, start, "left"))
+    v = s[lo : max(lo, int(np.searchsorted(s, stop, "left")))]
+    # first[k - 1]: first position in v whose bin is >= k, for k = 1..nbins
+    want = np.arange(1, nbins + 1, dtype=np.intp)
+    first = np.zeros(nbins, dtype=np.intp)
+    last = np.full(nbins, v.size, dtype=np.intp)
+    while v.size:
+        active = first < last
+        if not active.any():
+            break
+        mid = (first + last) // 2
+        probe = v[np.minimum(mid, v.size - 1)]
+        probe -= start
+        probe *= inv
+        above = probe.astype(np.intp) >= want
+        last = np.where(active & above, mid, last)
+        first = np.where(active & ~above, mid + 1, first)
+    counts = np.diff(np.r_[0, first]).astype(np.int64)
+    bins = np.flatnonzero(counts)
+    return bins, counts[bins]
+
+
+def _runs(index):
+    """Distinct values of the sorted ``index`` and how often each occurs."""
+    if index.size == 0:
+        return index, np.zeros(0, dtype=np.int64)
+    first = np.flatnonzero(np.r_[True, index[1:] != index[:-1]])
+    return index[first], np.diff(np.r_[first, index.size])
+
+
 def _empty_histogram(nbins):
     """Return the error for a histogram left empty by float32 rounding.
 
@@ -467,11 +651,11 @@ def _empty_histogram(nbins):
     )
 
 
-def _mode(x, nbins, dz, vmin, hwidth):
+def _mode(x, nbins, dz, vmin, hwidth, presorted=False):
     """Return the mode: the interpolated histogram peak, as ``ImageStats`` does."""
     if nbins == 1:
         return vmin + 0.5 * hwidth
-    bins, counts = _histogram(x, nbins, dz, vmin)
+    bins, counts = _histogram(x, nbins, dz, vmin, presorted)
     if nbins == 2:
         hist = np.zeros(2, dtype=np.int64)
         hist[bins] = counts
@@ -501,7 +685,7 @@ def _mode(x, nbins, dz, vmin, hwidth):
     return vmin + (pos - 0.5) * hwidth
 
 
-def _midpt(x, nbins, dz, vmin, vmax, hwidth):
+def _midpt(x, nbins, dz, vmin, vmax, hwidth, presorted=False):
     """Return the midpt: where the cumulative histogram reaches one half.
 
     The cumulative sum is constant over empty bins, so that of the occupied
@@ -511,7 +695,7 @@ def _midpt(x, nbins, dz, vmin, vmax, hwidth):
     if nbins == 1:
         # Degenerate single bin (see module docstring): centre of range.
         return 0.5 * (vmin + vmax)
-    bins, counts = _histogram(x, nbins, dz, vmin)
+    bins, counts = _histogram(x, nbins, dz, vmin, presorted)
     if counts.size == 0:
         raise _empty_histogram(nbins)
     csum = np.cumsum(counts).astype(np.float32)
