@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -26,7 +25,7 @@ from ._overlaps import PairIntersector, overlap_regions, region_mask
 from ._pairs import PairRecord
 from ._progress import Progress
 from ._solver import connected_sets, fit_offsets
-from ._statistics import SkyStatistics, StatsError, StatsOverflowError
+from ._statistics import SkyStatistics, StatsError, StatsOverflowError, sorted_values
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -754,20 +753,6 @@ def _stat(stats, values, problems=None):
     return value, int(npix)
 
 
-_WHOLE_IMAGE_TURN = threading.Lock()
-
-
-def _gather(data, mask, rows=256):
-    """``data[mask]`` as native float32, without a full-size temporary."""
-    out = np.empty(int(np.count_nonzero(mask)), dtype=np.float32)
-    pos = 0
-    for r in range(0, data.shape[0], rows):
-        block = data[r : r + rows][mask[r : r + rows]]
-        out[pos : pos + block.size] = block
-        pos += block.size
-    return out
-
-
 def _measure(image, k, stats, do_local, neighbours, pair_overlaps, groups, names, differences):
     """Read one image's pixels once and compute all its statistics.
 
@@ -806,14 +791,12 @@ def _measure_pixels(image, k, stats, do_local, regions, names, differences, resu
         if not result.usable:
             return
         if do_local:
-            # One native float32 copy of the usable pixels (the statistics
-            # work in float32; data read from FITS is big-endian). Whole-
-            # image statistics need several image-sized temporaries, so
-            # threads take turns for them: memory stays that of one.
-            with _WHOLE_IMAGE_TURN:
-                values = _gather(data, mask)
-                result.local = _stat(stats, values, problems)
-                del values
+            # The usable pixels, sorted once in native float32 (the
+            # statistics work in float32; data read from FITS is
+            # big-endian): at most two image-sized copies per thread.
+            values = sorted_values(data, mask)
+            result.local = _stat(stats, values, problems)
+            del values
         for g, region in regions.items():
             if region.area == 0.0:
                 result.overlaps[g] = (None, 0, 0.0)
@@ -823,7 +806,7 @@ def _measure_pixels(image, k, stats, do_local, regions, names, differences, resu
                 result.overlaps[g] = (None, 0, region.area)
                 continue
             sel = sub & mask[where]
-            stat = _stat(stats, data[where][sel], problems)
+            stat = _stat(stats, sorted_values(data[where], sel), problems)
             result.overlaps[g] = (*(stat or (None, 0)), region.area)
 
 
