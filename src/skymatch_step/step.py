@@ -281,6 +281,10 @@ class SkymatchStep(Step):
                 group=group_of.get(index),
                 source=source if on_disk else None,
             )
+            # The engine has taken the footprint (and, on disk, dropped
+            # the transforms): nothing of this model is held here now.
+            del forward, inverse, source
+            _release(on_disk, settle=True)
         progress.finish()
         # Every model was read for its name and shape: check the masks
         # before the engine reads any pixel (and before any model changes).
@@ -548,13 +552,19 @@ def _quick_collections(enabled):
         yield
         return
     gc.freeze()
+    _FREEZING[0] = True
     try:
         yield
     finally:
+        _FREEZING[0] = False
         gc.unfreeze()
 
 
-def _release(on_disk):
+#: Whether `_quick_collections` froze the objects of the process.
+_FREEZING = [False]
+
+
+def _release(on_disk, *, settle=False):
     """Free what a model released by an on-disk library held.
 
     Data models contain reference cycles, so a model dropped by an on-disk
@@ -562,9 +572,17 @@ def _release(on_disk):
     object counts, not bytes: left to itself, several models' arrays
     (about 100 MB each for NIRCam) could pile up. Collecting right away
     keeps one model per worker in memory. Nothing to do in memory.
+
+    ``settle``: the caller holds no other model (a pass over the models
+    in one thread), so what survives the collection is kept for the rest
+    of the step; it is frozen too, so that each collection walks only what
+    was made since, not everything read so far (which made a pass over N
+    models take time in N^2).
     """
     if on_disk:
         gc.collect()
+        if settle and _FREEZING[0]:
+            gc.freeze()
         _trim_heap()
 
 
@@ -855,7 +873,7 @@ def _write_back(library, updates, *, subtract, on_disk, undo):
                 record = _update_model(library, index, update, subtract=subtract, undo=undo)
                 if undo:
                     done.append((index, record))
-                _release(on_disk)
+                _release(on_disk, settle=True)
                 progress.advance()
             progress.finish()
         except BaseException:
