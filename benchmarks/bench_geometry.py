@@ -212,7 +212,7 @@ def parity(npairs, seed):
         )
         if ndiff:
             differ.append((k, kind, ndiff))
-        if (k + 1) % 500 == 0:
+        if (k + 1) % 250 == 0:
             print(f"  {k + 1} pairs, {time.perf_counter() - start:.0f} s", flush=True)
     n = counts["pairs"]
     print(
@@ -339,6 +339,7 @@ def main(argv=None):
     if args.mosaics:
         mosaics(args.repeats)
         return 0
+    _cache_distortion_fits()
     pairs = _pairs(args.pairs, args.seed, args.stepsize)
     nvert = statistics.mean(len(a.polygons[0].points) - 1 for a, _ in pairs)
     _report_times(pairs, args.repeats, f"overlapping NIRCam-size pairs, {nvert:.0f} vertices each")

@@ -462,7 +462,7 @@ def _fast_pair(rng, kind):
     angle = rng.uniform(0, 2 * np.pi)
     ra_b = (ra + dist * np.cos(angle) / 3600 / max(np.cos(np.deg2rad(dec)), 1e-3)) % 360
     dec_b = float(np.clip(dec + dist * np.sin(angle) / 3600, -89.999, 89.999))
-    step = [None, None, None, 8][rng.integers(4)]
+    step = [None, None, None, 16][rng.integers(4)]
     a = _FastImage(
         shape_a,
         ra,
@@ -533,9 +533,9 @@ def _compare_wired(npairs, seed, kinds):
 def test_step_path_selects_spherical_geometry_pixels_on_random_pairs():
     # Rotations, distortion, corner-only and nested overlaps, poles, RA = 0,
     # vertices along the edges, in both images' pixel grids.
-    res = _compare_wired(120, seed=21, kinds=("large", "corner", "nested"))
+    res = _compare_wired(90, seed=21, kinds=("large", "corner", "nested"))
     assert res["differ"] == []
-    assert res["overlapping"] > 70
+    assert res["overlapping"] > 50
     assert res["planar"] > 0.9 * res["pairs"]
 
 
