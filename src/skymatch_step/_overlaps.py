@@ -174,9 +174,10 @@ def _intersect_pair(fp_i, fp_j):
     whenever that provably gives spherical-geometry's vertices bit for
     bit, hence its pixels, and by spherical-geometry otherwise (touching
     footprints, vertices on or near the other's edges, tiny or flat
-    overlaps: 2 to 4 pairs in 100 in simulated mosaics). When spherical-geometry fails, jwst's fallback is
-    followed for each image: ``j`` tries its own order, and an image
-    whose intersection fails uses its whole footprint.
+    overlaps: 2 to 4 pairs in 100 in simulated mosaics). When
+    spherical-geometry fails, jwst's fallback is followed for each image:
+    ``j`` tries its own order, and an image whose intersection fails uses
+    its whole footprint.
     """
     try:
         both = exact_intersection(fp_i, fp_j)
