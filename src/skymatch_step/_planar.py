@@ -551,6 +551,12 @@ def exact_intersection(fp_a, fp_b):
 
     vectors = np.vstack([verts, np.empty((ea.size, 3))])
     vectors[na + nb :] = _replay_crossings(verts, na, nb, ea, eb, ta, tb)
+    if ea.size:
+        # the same on the sphere (the plane stretches distances a little)
+        chord = np.sqrt(np.sum((vectors[na + nb :, None, :] - vectors[None, :, :]) ** 2, axis=-1))
+        chord[np.arange(ea.size), na + nb + np.arange(ea.size)] = np.inf
+        if chord.min() < _TOL:
+            raise _sensitive(f"a crossing lies within {_TOL:g} rad of another node")
 
     # spherical-geometry's tolerances and tests must all go the exact way.
     sub_a = np.array([s_[2] for s_ in subs])
