@@ -9,9 +9,21 @@ from spherical_geometry import great_circle_arc
 from spherical_geometry.polygon import SphericalPolygon
 from spherical_geometry.vector import lonlat_to_vector, normalize_vector
 
+from skymatch_step import _overlaps
 from skymatch_step._footprints import image_footprint
-from skymatch_step._overlaps import _intersection, region_mask
-from skymatch_step._planar import PlanarGeometryError, _normalize, intersect_footprints
+from skymatch_step._overlaps import (
+    PairOverlap,
+    _intersect_pair,
+    _intersection,
+    overlap_regions,
+    region_mask,
+)
+from skymatch_step._planar import (
+    PlanarGeometryError,
+    _normalize,
+    exact_intersection,
+    intersect_footprints,
+)
 from skymatch_step.simulate import make_gwcs
 
 FOUR_PI = 4.0 * np.pi
@@ -360,3 +372,251 @@ def test_polygon_describing_the_larger_region_is_refused():
     outside = a.footprint.invert_polygon()
     with pytest.raises(PlanarGeometryError, match="inside point is outside its outline"):
         intersect_footprints(outside, _tile(-20, 0).footprint)
+
+
+# -- the step's path: planar when provably exact, spherical-geometry otherwise ---------
+
+
+class _FastImage(_Image):
+    """Image whose WCS is a plain astropy model (fast to build, no fitted inverse).
+
+    Pixel (``crpix``) at ``(ra, dec)``; ``distortion`` pixels of radial
+    distortion at the corner, whose backward transform is only approximate
+    (the check needs the same transform for both methods, not an exact one).
+    """
+
+    def __init__(
+        self, shape, ra, dec, rotation, scale, *, distortion=0.0, stepsize=None, crpix=None
+    ):
+        ny, nx = shape
+        cx, cy = crpix if crpix is not None else ((nx - 1) / 2.0, (ny - 1) / 2.0)
+        theta = np.deg2rad(rotation)
+        matrix = (
+            scale
+            / 3600.0
+            * np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+        )
+        centre = models.Shift(-cx) & models.Shift(-cy)
+        affine = models.AffineTransformation2D(matrix=matrix)
+        sky = models.Pix2Sky_TAN() | models.RotateNative2Celestial(ra, dec, 180.0)
+        if distortion:
+            k = distortion / (cx * cx + cy * cy) ** 1.5
+            forward = centre | _radial(k) | affine | sky
+            backward = sky.inverse | affine.inverse | _radial(-k) | centre.inverse
+        else:
+            forward = centre | affine | sky
+            backward = forward.inverse
+        super().__init__(shape, forward, backward, stepsize)
+
+    def inverse(self, ra, dec):
+        return self._backward(ra, dec)
+
+
+def _radial(k):
+    px = models.Polynomial2D(3, c1_0=1.0, c3_0=k, c1_2=k)
+    py = models.Polynomial2D(3, c0_1=1.0, c0_3=k, c2_1=k)
+    return models.Mapping((0, 1, 0, 1)) | (px & py)
+
+
+def _place(rng):
+    """A random sky position: anywhere, within 0.1 degree of a pole, or at RA = 0."""
+    place = rng.integers(3)
+    if place == 0:
+        return rng.uniform(0, 360), rng.uniform(-80, 80)
+    if place == 1:
+        return rng.uniform(0, 360), rng.choice([-1, 1]) * rng.uniform(89.9, 89.99)
+    return rng.uniform(-0.005, 0.005) % 360, rng.uniform(-60, 60)
+
+
+def _fast_pair(rng, kind):
+    """Two small images overlapping as ``kind`` says (see `_random_pair`), or
+
+    ``aligned``: undistorted tiles of one pixel grid (same tangent point,
+    rotation and scale) shifted by whole or half pixels, so that edges fall
+    on each other's pixel borders (the rounding ties of the pixel fill);
+    many pairs touch along an edge or at a corner, share edges or are
+    identical.
+    """
+    ra, dec = _place(rng)
+    scale = float(rng.choice([0.031, 0.063, 0.11]))
+    shape_a = tuple(int(n) for n in rng.integers(16, 90, 2))
+    shape_b = tuple(int(n) for n in rng.integers(16, 90, 2))
+    if kind == "aligned":
+        rot = float(rng.choice([0.0, 90.0, rng.uniform(0, 360)]))
+        unit = rng.choice([1.0, 0.5])
+        sx = unit * rng.integers(-int(shape_b[1] / unit) - 1, int(shape_a[1] / unit) + 2)
+        sy = unit * rng.integers(-int(shape_b[0] / unit) - 1, int(shape_a[0] / unit) + 2)
+        if rng.uniform() < 0.15:
+            shape_b, sx, sy = shape_a, 0.0, 0.0  # identical
+        a = _FastImage(shape_a, ra, dec, rot, scale, crpix=(0.0, 0.0))
+        b = _FastImage(shape_b, ra, dec, rot, scale, crpix=(-sx, -sy))
+        return a, b
+    half_a = np.hypot(*shape_a) * scale / 2
+    if kind == "nested":
+        shape_b = tuple(max(8, n // 3) for n in shape_a)
+        dist = rng.uniform(0, 0.3) * half_a
+    else:
+        half_b = np.hypot(*shape_b) * scale / 2
+        lo, hi = (0.0, 0.8) if kind == "large" else (0.7, 1.0)
+        dist = rng.uniform(lo, hi) * (half_a + half_b)
+    angle = rng.uniform(0, 2 * np.pi)
+    ra_b = (ra + dist * np.cos(angle) / 3600 / max(np.cos(np.deg2rad(dec)), 1e-3)) % 360
+    dec_b = float(np.clip(dec + dist * np.sin(angle) / 3600, -89.999, 89.999))
+    step = [None, None, None, 16][rng.integers(4)]
+    a = _FastImage(
+        shape_a,
+        ra,
+        dec,
+        rng.uniform(0, 360),
+        scale,
+        distortion=rng.choice([0, 0, 1, 3]),
+        stepsize=step,
+    )
+    rot_b = float(rng.choice([rng.uniform(0, 360), 0.0]))
+    b = _FastImage(
+        shape_b, ra_b, dec_b, rot_b, scale, distortion=rng.choice([0, 0, 1, 3]), stepsize=step
+    )
+    return a, b
+
+
+def _step_pixels(overlap, images):
+    """Pixels each image selects, as the step selects them (and whether the area is 0)."""
+    out = []
+    for index, im in enumerate(images):
+        regions = overlap_regions(index, [1 - index], {(0, 1): overlap}, im.inverse, [0, 1])
+        region = regions[1 - index]
+        full = np.zeros(im.shape, dtype=bool)
+        if region.area != 0.0:
+            where, mask = region_mask(region.polygons, im.shape)
+            if where is not None:
+                full[where] = mask
+        out.append((region.area == 0.0, full))
+    return out
+
+
+def _spherical_pair(fp_i, fp_j):
+    """What `_intersect_pair` gives with spherical-geometry alone (jwst's method)."""
+    try:
+        both = _intersection(fp_i, fp_j)
+    except Exception:  # jwst's fallbacks are compared elsewhere
+        return None
+    return PairOverlap(both, both)
+
+
+def _compare_wired(npairs, seed, kinds):
+    """Pixel parity of `_intersect_pair` with spherical-geometry on random pairs."""
+    rng = np.random.default_rng(seed)
+    res = {"pairs": 0, "planar": 0, "overlapping": 0, "differ": []}
+    for k in range(npairs):
+        a, b = _fast_pair(rng, kinds[k % len(kinds)])
+        ref = _spherical_pair(a.footprint, b.footprint)
+        if ref is None:
+            continue
+        res["pairs"] += 1
+        try:
+            exact_intersection(a.footprint, b.footprint)
+            res["planar"] += 1
+        except PlanarGeometryError:
+            pass
+        got = _intersect_pair(a.footprint, b.footprint)
+        want = _step_pixels(ref, (a, b))
+        have = _step_pixels(got, (a, b))
+        res["overlapping"] += not want[0][0]
+        ndiff = sum(
+            int((w[1] != h[1]).sum()) + (w[0] != h[0]) for w, h in zip(want, have, strict=True)
+        )
+        if ndiff:
+            res["differ"].append((k, ndiff))
+    return res
+
+
+def test_step_path_selects_spherical_geometry_pixels_on_random_pairs():
+    # Rotations, distortion, corner-only and nested overlaps, poles, RA = 0,
+    # vertices along the edges, in both images' pixel grids.
+    res = _compare_wired(90, seed=21, kinds=("large", "corner", "nested"))
+    assert res["differ"] == []
+    assert res["overlapping"] > 50
+    assert res["planar"] > 0.9 * res["pairs"]
+
+
+def test_step_path_selects_spherical_geometry_pixels_on_aligned_grids():
+    # Undistorted tiles of one grid: every crossing lies on a pixel border
+    # (a rounding tie of the fill), so any last-bit difference of a vertex
+    # from spherical-geometry's changes the pixels; edges crossed twice are
+    # common, and so are touching, shared-edge and identical footprints.
+    res = _compare_wired(150, seed=22, kinds=("aligned",))
+    assert res["differ"] == []
+    assert res["overlapping"] > 60
+    assert res["planar"] > 0.3 * res["pairs"]
+
+
+def test_edge_crossed_twice_gives_spherical_geometry_vertices():
+    # B crosses A's right edge twice: spherical-geometry computes the second
+    # crossing on what is left of that edge after the first split.
+    a = _tile(0, 0)
+    b = _tile(-30, -10, (20, 60))
+    ((ra, dec),) = exact_intersection(a.footprint, b.footprint)[1]
+    ((ref_ra, ref_dec),) = _intersection(a.footprint, b.footprint)[1]
+    assert sorted(zip(ra[:-1], dec[:-1], strict=True)) == sorted(
+        zip(ref_ra[:-1], ref_dec[:-1], strict=True)
+    )
+
+
+@pytest.mark.parametrize(
+    ("shift", "shape"),
+    [
+        ((-40, 0), (40, 40)),  # shared edge
+        ((-40, -40), (40, 40)),  # touching corners
+        ((-40, -20), (40, 40)),  # half an edge
+        ((0, 0), (40, 40)),  # identical
+        ((0, 10), (10, 12)),  # nested on an edge
+        ((-20, 0), (40, 40)),  # shared corners
+        ((-39.99, -39.99), (40, 40)),  # a 1e-4 pixel^2 corner
+        ((-10, 15), (20, 10)),  # a vertex on the other's edge
+    ],
+)
+def test_degenerate_pairs_fall_back_to_spherical_geometry(shift, shape):
+    a = _tile(0, 0)
+    b = _tile(*shift, shape)
+    for first, second in ((a, b), (b, a)):
+        with pytest.raises(PlanarGeometryError, match="sensitive pair: "):
+            exact_intersection(first.footprint, second.footprint)
+        # spherical-geometry's own results vary from run to run in the
+        # starting vertex and the last bits of the area (its graph is a set).
+        got = _intersect_pair(first.footprint, second.footprint)
+        ref = _intersection(first.footprint, second.footprint)
+        assert got.failed == ()
+        assert (got.first[0] == 0.0) == (ref[0] == 0.0)
+        assert _vertex_sets(got.first[1]) == _vertex_sets(ref[1])
+
+
+def _vertex_sets(pieces):
+    return sorted(sorted(zip(ra[:-1], dec[:-1], strict=True)) for ra, dec in pieces)
+
+
+def test_disjoint_pairs_are_exactly_empty():
+    a = _tile(0, 0)
+    for shift in ((-41, 3), (-47, -52), (60, 7)):
+        assert exact_intersection(a.footprint, _tile(*shift).footprint) == (0.0, [])
+
+
+def test_multi_part_footprints_fall_back():
+    left, right = _tile(0, 0), _tile(-60, 0)
+    both = SphericalPolygon([left.footprint.polygons[0], right.footprint.polygons[0]])
+    with pytest.raises(PlanarGeometryError, match="footprints of 2 and 1 parts"):
+        exact_intersection(both, _tile(-50, -5, (30, 80)).footprint)
+
+
+def test_malformed_spherical_intersection_keeps_jwsts_fallback(monkeypatch):
+    # A pair the planar path refuses goes to spherical-geometry; when that
+    # fails, each image falls back to its whole footprint, as in jwst.
+    from spherical_geometry.polygon import MalformedPolygonError
+
+    def fail(fp_a, fp_b):
+        raise MalformedPolygonError("test")
+
+    monkeypatch.setattr(_overlaps, "_intersection", fail)
+    a, b = _tile(0, 0), _tile(-40, 0)
+    got = _intersect_pair(a.footprint, b.footprint)
+    assert got.failed == ("i", "j")
+    assert got.first[0] == pytest.approx(abs(a.footprint.area()))

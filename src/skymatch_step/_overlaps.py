@@ -10,6 +10,7 @@ import numpy as np
 from spherical_geometry.polygon import MalformedPolygonError
 
 from ._footprints import bounding_cap
+from ._planar import PlanarGeometryError, exact_intersection
 from ._raster import fill_polygon
 from .exceptions import GeometryError
 
@@ -164,14 +165,26 @@ def _whole(fp):
 
 
 def _intersect_pair(fp_i, fp_j):
-    """One spherical intersection serves both images.
+    """One intersection serves both images.
 
     jwst intersects ``i`` with ``j`` for image ``i`` and ``j`` with ``i``
     for image ``j``; the two polygons select the same pixels (checked in
-    the parity tests), so one is computed. When it fails, jwst's fallback
-    is followed for each image: ``j`` tries its own order, and an image
-    whose intersection fails uses its whole footprint.
+    the parity tests), so one is computed. It is computed in a tangent
+    plane (`exact_intersection`, 6 to 10 times faster with its checks)
+    whenever that provably gives spherical-geometry's vertices bit for
+    bit, hence its pixels, and by spherical-geometry otherwise (touching
+    footprints, vertices on or near the other's edges, tiny or flat
+    overlaps: 2 to 4 pairs in 100 in simulated mosaics). When
+    spherical-geometry fails, jwst's fallback is followed for each image:
+    ``j`` tries its own order, and an image whose intersection fails uses
+    its whole footprint.
     """
+    try:
+        both = exact_intersection(fp_i, fp_j)
+    except PlanarGeometryError as err:
+        log.debug("Footprint intersection by spherical-geometry: %s.", err)
+    else:
+        return PairOverlap(both, both)
     try:
         both = _intersection(fp_i, fp_j)
     except MalformedPolygonError:

@@ -41,7 +41,7 @@ from spherical_geometry.vector import lonlat_to_vector, normalize_vector, vector
 
 from .exceptions import GeometryError
 
-__all__ = ["PlanarGeometryError", "intersect_footprints"]
+__all__ = ["PlanarGeometryError", "exact_intersection", "intersect_footprints"]
 
 # spherical-geometry merges graph nodes closer than this in every component.
 _MERGE = 2.0**-32
@@ -376,3 +376,387 @@ def _solid_angle(ring):
     rq = np.sqrt(1.0 + np.sum(q * q, axis=1))
     denom = rp * rq + rp + rq + 1.0 + np.sum(p * q, axis=1)
     return float(abs(2.0 * np.sum(np.arctan2(cross, denom))))
+
+
+# -- the exact path: the same vertices as spherical-geometry, or nothing -------------
+#
+# `exact_intersection` returns what spherical-geometry's
+# ``SphericalPolygon.intersection`` followed by ``to_radec`` returns -- the
+# same vertices bit for bit, hence the same pixels once mapped into an image
+# -- or raises `PlanarGeometryError` when it cannot prove it. The proof rests
+# on two points:
+#
+# * the vertices: a result vertex is either a footprint vertex (returned as
+#   spherical-geometry normalises it) or a crossing of two edges, which
+#   spherical-geometry computes with ``great_circle_arc.intersection`` of the
+#   two *sub-arcs* that its graph holds at that moment (an edge crossed twice
+#   is first split at one crossing, and the second crossing is computed on
+#   the piece left). Its edge list is ordered by hashes of the vertex
+#   coordinates and processed in a fixed order, which is replayed here
+#   symbolically (which sub-arcs cross is decided in the plane), then the
+#   crossings are computed with the same function on the same sub-arcs;
+# * the decisions spherical-geometry takes with finite precision or
+#   tolerances (merging nodes closer than 2**-32, splitting an arc at a node
+#   whose length excess is below 3e-11, inside/outside tests by counting
+#   crossings of an arc from the polygon's inside point, discarding
+#   "degenerate" results) all go the exact way when no node, edge midpoint or
+#   test arc comes within a tolerance of a place where they could go wrong.
+#   Otherwise the pair is "sensitive" and left to spherical-geometry.
+
+# Smallest distance (radians, in the tangent plane) between two nodes
+# (vertices or crossings): spherical-geometry merges nodes closer than
+# 2**-32 (2.3e-10) in every component, and decides whether an arc crosses
+# another near its ends by sign tests.
+_TOL = 1e-9
+# Smallest distance between a point spherical-geometry tests for being
+# inside a footprint (the other footprint's vertices, edge midpoints) and
+# that footprint's boundary, and between a footprint's vertices and the
+# arcs of those tests (from its inside point, counting crossings); far
+# above the ~1e-16 rad resolution of its arithmetic.
+_TOL_TEST = 1e-10
+# spherical-geometry splits an arc AB at a node C when
+# len(AC) + len(CB) - len(AB) < 3e-11 (``intersects_point``); margin 3x.
+_ON_ARC = 1e-10
+# Smallest sine of the angle between two crossing edges.
+_MIN_SIN = 1e-6
+# spherical-geometry calls a polygon degenerate (area 0) when every
+# ``triple_product`` orientation is below 1e-11 and the vertices lie on a
+# great circle to 1e-16 (``_get_orient``, ``_is_on_great_circle``).
+_SG_FLAT = 1e-11
+_SG_GREAT_CIRCLE = 1e-16
+
+
+def _sensitive(reason):
+    return PlanarGeometryError(f"sensitive pair: {reason}")
+
+
+def exact_intersection(fp_a, fp_b):
+    """Intersect two footprints with exactly spherical-geometry's vertices.
+
+    The planar clip of `intersect_footprints`, restricted to the pairs
+    where it provably gives what spherical-geometry's
+    ``SphericalPolygon.intersection(fp_a, fp_b)`` gives once converted by
+    ``to_radec``: the same polygons with the same vertices bit for bit
+    (possibly from another starting vertex, and in another order of the
+    pieces), hence the same pixels in any image. The area is the exact
+    spherical area, not spherical-geometry's (which is only accurate to
+    about ``1e-12`` sr), but it is zero exactly when spherical-geometry's is.
+
+    Parameters
+    ----------
+    fp_a, fp_b : SphericalPolygon or SingleSphericalPolygon
+        Footprints of a single part each.
+
+    Returns
+    -------
+    area : float
+        Spherical area of the intersection (sr); ``0.0`` when the
+        footprints do not overlap.
+    pieces : list of tuple of ndarray
+        Closed ``(ra, dec)`` polygons (degrees), as spherical-geometry's
+        ``to_radec`` gives them; empty when ``area`` is 0.
+
+    Raises
+    ------
+    PlanarGeometryError
+        When the pair is sensitive and spherical-geometry must be used,
+        with the reason: a footprint of several parts or without inside
+        point; footprints too large or too far apart for one tangent plane;
+        two nodes (vertices or crossings) within ``1e-9`` rad of each other;
+        a node within spherical-geometry's point-on-arc tolerance of an
+        edge it does not end (touching footprints, vertices on the other's
+        edges, shared or identical edges); nearly parallel crossing edges;
+        an edge midpoint or an inside-point test arc too close to a
+        boundary or vertex; a result spherical-geometry would call
+        degenerate or give a zero area; any failure of the planar clip.
+    """
+    parts_a = _parts(fp_a, "fp_a")
+    parts_b = _parts(fp_b, "fp_b")
+    if len(parts_a) != 1 or len(parts_b) != 1:
+        raise _sensitive(
+            f"footprints of {len(parts_a)} and {len(parts_b)} parts (the exact planar "
+            "intersection takes one part each)"
+        )
+    (pts_a, in_a), (pts_b, in_b) = parts_a[0], parts_b[0]
+    if in_a is None or in_b is None:
+        raise _sensitive("a footprint has no inside point (not a spherical polygon)")
+    # spherical-geometry's graph nodes: the normalised vertices, closing one dropped.
+    na, nb = len(pts_a) - 1, len(pts_b) - 1
+    verts = _normalize(np.concatenate([pts_a[:-1], pts_b[:-1]]))
+    chord = np.sqrt(np.sum((verts[:, None, :] - verts[None, :, :]) ** 2, axis=-1))
+    np.fill_diagonal(chord, np.inf)
+    if chord.min() < _TOL:
+        raise _sensitive(f"two footprint vertices are within {_TOL:g} rad")
+
+    tangent = verts.sum(axis=0)
+    tangent = tangent / np.sqrt(tangent @ tangent)
+    cosang = verts @ tangent
+    if cosang.min() <= _MIN_COS:
+        raise _sensitive(
+            f"the footprints do not fit in one tangent plane (a vertex more than "
+            f"{MAX_ANGLE:g} degrees from their mean direction)"
+        )
+    basis = _basis(tangent)
+
+    def project(v):
+        v = np.atleast_2d(v)
+        w = v @ tangent
+        if np.any(w <= 0.0):
+            raise _sensitive("a point lies outside the tangent plane's hemisphere")
+        return (v @ basis[1:].T) / w[:, None]
+
+    xy = project(verts)
+    rings = [np.vstack([xy[:na], xy[:1]]), np.vstack([xy[na:], xy[na : na + 1]])]
+    polys = [shapely.polygons(r) for r in rings]
+    boundaries = [shapely.get_exterior_ring(p) for p in polys]
+    inside = [project(in_a)[0], project(in_b)[0]]
+    for k in range(2):
+        if not shapely.is_valid(polys[k]) or polys[k].area == 0.0:
+            raise _sensitive("a footprint is not a valid polygon in the tangent plane")
+        ipt = shapely.points(inside[k])
+        if not shapely.contains(polys[k], ipt) or shapely.distance(ipt, boundaries[k]) < _TOL_TEST:
+            raise _sensitive("a footprint's inside point is not well inside it")
+
+    # Proper crossings of A's edges (rows) with B's edges (columns).
+    p, dp = rings[0][:-1], np.diff(rings[0], axis=0)
+    q, dq = rings[1][:-1], np.diff(rings[1], axis=0)
+    denom = dp[:, None, 0] * dq[None, :, 1] - dp[:, None, 1] * dq[None, :, 0]
+    rel = q[None, :, :] - p[:, None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (rel[..., 0] * dq[None, :, 1] - rel[..., 1] * dq[None, :, 0]) / denom
+        s = (rel[..., 0] * dp[:, None, 1] - rel[..., 1] * dp[:, None, 0]) / denom
+    crosses = (t > 0.0) & (t < 1.0) & (s > 0.0) & (s < 1.0)
+    ea, eb = np.nonzero(crosses)
+    ta, tb = t[ea, eb], s[ea, eb]
+    if ea.size:
+        sines = np.abs(denom[ea, eb]) / np.hypot(*dp[ea].T) / np.hypot(*dq[eb].T)
+        if sines.min() < _MIN_SIN:
+            raise _sensitive("two crossing edges are nearly parallel")
+    xc = p[ea] + ta[:, None] * dp[ea]
+    nodes_xy = np.vstack([xy, xc])
+    if ea.size:
+        d = np.sqrt(np.sum((xc[:, None, :] - nodes_xy[None, :, :]) ** 2, axis=-1))
+        d[np.arange(ea.size), na + nb + np.arange(ea.size)] = np.inf
+        if d.min() < _TOL:
+            raise _sensitive(f"a crossing lies within {_TOL:g} rad of another node")
+
+    # Sub-arcs of every edge (node ids in order along the edge).
+    crossing_ids = na + nb + np.arange(ea.size)
+    subs = []  # (polygon, edge, node0, node1)
+    for k, (n, off, e_of, t_of) in enumerate(((na, 0, ea, ta), (nb, na, eb, tb))):
+        for e in range(n):
+            on = np.flatnonzero(e_of == e)
+            chain = [off + e, *crossing_ids[on[np.argsort(t_of[on])]], off + (e + 1) % n]
+            subs.extend((k, e, chain[i], chain[i + 1]) for i in range(len(chain) - 1))
+
+    vectors = np.vstack([verts, np.empty((ea.size, 3))])
+    vectors[na + nb :] = _replay_crossings(verts, na, nb, ea, eb, ta, tb)
+    if ea.size:
+        # the same on the sphere (the plane stretches distances a little)
+        chord = np.sqrt(np.sum((vectors[na + nb :, None, :] - vectors[None, :, :]) ** 2, axis=-1))
+        chord[np.arange(ea.size), na + nb + np.arange(ea.size)] = np.inf
+        if chord.min() < _TOL:
+            raise _sensitive(f"a crossing lies within {_TOL:g} rad of another node")
+
+    # spherical-geometry's tolerances and tests must all go the exact way.
+    sub_a = np.array([s_[2] for s_ in subs])
+    sub_b = np.array([s_[3] for s_ in subs])
+    sub_poly = np.array([s_[0] for s_ in subs])
+    _check_not_on_arcs(vectors, sub_a, sub_b)
+    mids = project(_normalize(vectors[sub_a] + vectors[sub_b]))
+    for k in range(2):
+        other = 1 - k
+        mine = sub_poly == k
+        dist = shapely.distance(shapely.points(mids[mine]), boundaries[other])
+        if dist.min() < _TOL_TEST:
+            raise _sensitive("an edge midpoint lies near the other footprint's edge")
+        # point-in-polygon tests of the other footprint: arcs from its inside
+        # point to these vertices and midpoints must stay clear of its vertices
+        own = slice(0, na) if k == 0 else slice(na, na + nb)
+        tests = np.vstack([xy[own], mids[mine]])
+        other_verts = xy[na:] if k == 0 else xy[:na]
+        if _segment_distances(inside[other], tests, other_verts).min() < _TOL_TEST:
+            raise _sensitive("a point-in-polygon test arc passes near a vertex")
+
+    # The planar clip gives the topology; its vertices must be our nodes.
+    try:
+        inter = shapely.intersection(polys[0], polys[1])
+    except shapely.errors.GEOSException as err:
+        raise _sensitive(f"GEOS could not intersect the footprints: {err}") from err
+    expected = set(crossing_ids.tolist())
+    expected.update(np.flatnonzero(shapely.contains_xy(polys[1], *xy[:na].T)).tolist())
+    expected.update((na + np.flatnonzero(shapely.contains_xy(polys[0], *xy[na:].T))).tolist())
+    seen = []
+    area = 0.0
+    pieces = []
+    for ring in _rings(inter):
+        d = np.sqrt(np.sum((ring[:-1, None, :] - nodes_xy[None, :, :]) ** 2, axis=-1))
+        ids = np.argmin(d, axis=1)
+        if np.any(d[np.arange(len(ids)), ids] > _TOL / 4):
+            raise _sensitive("a vertex of the planar clip is not a node of the graph")
+        seen.extend(ids.tolist())
+        pieces.append(_sg_piece(vectors[ids]))
+        area += _solid_angle(ring)
+    if len(seen) != len(set(seen)) or set(seen) != expected:
+        raise _sensitive("the planar clip's vertices are not the expected nodes")
+    if not pieces:
+        return 0.0, []
+    return area, pieces
+
+
+def _replay_crossings(verts, na, nb, ea, eb, ta, tb):
+    """Compute the unit vectors of the crossings as spherical-geometry does.
+
+    Replays ``Graph._find_arc_to_arc_intersections``: edges sorted by the
+    hashes of their end points; the first edge is taken off the list and
+    split with the first remaining edge it crosses, the four halves going
+    to the end of the list. Which sub-arcs cross is known from the planar
+    crossing parameters (``ta``/``tb`` along A's edge ``ea`` and B's edge
+    ``eb``); edges that cross nothing are left out (they never change
+    which edge is first to cross). The crossing of two sub-arcs is then
+    ``great_circle_arc.intersection`` of their end points, normalised.
+    """
+    ncross = ea.size
+    if ncross == 0:
+        return np.empty((0, 3))
+    keys = [hash(tuple(v)) for v in verts]
+    edges = []  # [key, polygon, edge, node0, node1]
+    for k, (n, off) in enumerate(((na, 0), (nb, na))):
+        for e in range(n):
+            n0, n1 = off + e, off + (e + 1) % n
+            edges.append((keys[n0] + keys[n1], k, e, n0, n1))
+    if len({ed[0] for ed in edges}) != len(edges):
+        raise _sensitive("two edges tie in spherical-geometry's edge order")
+    edges.sort(key=lambda ed: ed[0])
+    # crossing id by (A edge, B edge); parameter of each node along each edge
+    by_pair = {(int(a), int(b)): i for i, (a, b) in enumerate(zip(ea, eb, strict=True))}
+    base = na + nb
+    param = {}  # (polygon, edge, node) -> t
+    for i in range(ncross):
+        param[(0, int(ea[i]), base + i)] = ta[i]
+        param[(1, int(eb[i]), base + i)] = tb[i]
+    crossing_edges = [set(ea.tolist()), set(eb.tolist())]
+    todo = [ed[1:] for ed in edges if ed[2] in crossing_edges[ed[1]]]
+
+    def pos(k, e, node, n):
+        off = 0 if k == 0 else na
+        if node == off + e:
+            return 0.0
+        if node == off + (e + 1) % n:
+            return 1.0
+        return param[(k, e, node)]
+
+    sizes = (na, nb)
+
+    def crossing(ed1, ed2):
+        if ed1[0] == ed2[0]:
+            return None
+        a, b = (ed1, ed2) if ed1[0] == 0 else (ed2, ed1)
+        i = by_pair.get((a[1], b[1]))
+        if i is None:
+            return None
+        for ed in (a, b):
+            t0 = pos(ed[0], ed[1], ed[2], sizes[ed[0]])
+            t1 = pos(ed[0], ed[1], ed[3], sizes[ed[0]])
+            t = ta[i] if ed[0] == 0 else tb[i]
+            if not min(t0, t1) < t < max(t0, t1):
+                return None
+        return i
+
+    order = []  # (crossing id, (A, B, C, D) node ids as spherical-geometry passes them)
+    while len(todo) > 1:
+        ab = todo.pop(0)
+        for j, cd in enumerate(todo):
+            i = crossing(ab, cd)
+            if i is None:
+                continue
+            node = base + i
+            order.append((i, (ab[2], ab[3], cd[2], cd[3])))
+            todo = todo[:j] + todo[j + 1 :]
+            todo += [
+                (ab[0], ab[1], ab[2], node),
+                (ab[0], ab[1], node, ab[3]),
+                (cd[0], cd[1], cd[2], node),
+                (cd[0], cd[1], node, cd[3]),
+            ]
+            break
+    if len(order) != ncross:
+        raise _sensitive("replaying spherical-geometry's crossings failed")
+    vectors = np.vstack([verts, np.full((ncross, 3), np.nan)])
+    for i, (a, b, c, d) in order:
+        v = great_circle_arc.intersection(
+            vectors[a], vectors[b], vectors[c][None], vectors[d][None]
+        )
+        if not np.all(np.isfinite(v)):
+            raise _sensitive("spherical-geometry's arithmetic finds no crossing")
+        vectors[base + i] = _normalize(v)[0]
+    return vectors[base:]
+
+
+def _arc_length(u, v):
+    """Angle (radians) between unit vectors, accurate for small angles."""
+    return 2.0 * np.arcsin(np.minimum(np.sqrt(np.sum((u - v) ** 2, axis=-1)) / 2.0, 1.0))
+
+
+def _check_not_on_arcs(vectors, ends_a, ends_b):
+    """Raise if a node is on (or near) a sub-arc it does not end.
+
+    spherical-geometry's ``_find_point_to_arc_intersections`` splits such
+    an arc at the node, which the exact geometry never needs.
+    """
+    a = vectors[ends_a][:, None, :]
+    b = vectors[ends_b][:, None, :]
+    c = vectors[None, :, :]
+    excess = _arc_length(a, c) + _arc_length(c, b) - _arc_length(a, b)
+    ids = np.arange(len(vectors))
+    excess[(ids[None, :] == ends_a[:, None]) | (ids[None, :] == ends_b[:, None])] = np.inf
+    if excess.min() < _ON_ARC:
+        raise _sensitive(
+            "a vertex or crossing lies on an edge of the other footprint (touching or "
+            "shared edges): spherical-geometry's point-on-arc tolerance applies"
+        )
+
+
+def _segment_distances(start, ends, points):
+    """Distances from ``points`` (M, 2) to the segments ``start``-``ends[i]``: (N, M)."""
+    d = ends - start
+    rel = points[None, :, :] - start
+    len2 = np.sum(d * d, axis=1)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = np.clip(np.sum(rel * d[:, None, :], axis=2) / len2, 0.0, 1.0)
+    t = np.where(np.isfinite(t), t, 0.0)
+    return np.sqrt(np.sum((rel - t[..., None] * d[:, None, :]) ** 2, axis=2))
+
+
+def _sg_piece(vec):
+    """Return the closed ``(ra, dec)`` of a result cycle, as spherical-geometry would.
+
+    spherical-geometry builds each traced cycle into a
+    ``SingleSphericalPolygon``: degenerate (dropped) when flat, reversed
+    unless the vertex orientations sum to a positive value; its area (sum
+    of the angles) must not be zero.
+    """
+    closed = np.vstack([vec, vec[:1]])
+    ext = np.vstack([closed, closed[1]])
+    orient = great_circle_arc.triple_product(ext[:-2] - ext[1:-1], ext[2:] - ext[1:-1], ext[1:-1])
+    total = float(np.sum(orient))
+    # The same orientations as spherical-geometry's, bit for bit (another
+    # starting vertex or direction only permutes them or flips their signs).
+    if np.max(np.abs(orient)) < _SG_FLAT:
+        # spherical-geometry then calls it degenerate if the eigenvalue
+        # ratio of the vertices' scatter matrix is below 1e-16; that ratio
+        # depends on the starting vertex (counted twice): margin 100x.
+        w = np.linalg.eigvalsh(closed.T @ closed)
+        if w[2] < 100.0 * _SG_GREAT_CIRCLE or w[0] < 100.0 * _SG_GREAT_CIRCLE * w[2]:
+            raise _sensitive("spherical-geometry could call the intersection degenerate (a sliver)")
+    if total < 0.0:
+        closed = closed[::-1]
+        ext = np.vstack([closed, closed[1]])
+    angles = great_circle_arc.angle(ext[:-2], ext[1:-1], ext[2:])
+    n = len(angles)
+    sg_area = float(np.sum(angles)) - (n - 2) * np.pi
+    # the sum in another order differs by a few units in the last place
+    if not sg_area > 8.0 * n * np.spacing(2.0 * np.pi * n):
+        raise _sensitive("spherical-geometry's area of the intersection may be zero")
+    ra, dec = vector_to_lonlat(closed[:, 0], closed[:, 1], closed[:, 2])
+    return ra, dec
