@@ -48,6 +48,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -55,6 +56,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import bench_skymatch  # noqa: E402  (the sibling benchmark's simulation helper)
+import numpy as np  # noqa: E402
 
 SIZES = (1000, 3000, 10000)
 SMOKE_SIZES = (4, 8)
@@ -172,6 +174,245 @@ def _run_solve(ngroups):
     print(json.dumps({"groups": n, "seconds": seconds, "peak_mb": peak, "base_mb": base, "ok": ok}))
 
 
+class _Stop(Exception):
+    """Raised by the memory probe to end the step after its first pass."""
+
+
+def _package(filename):
+    """Short name of the package a source file belongs to."""
+    if "/skymatch_step/" in filename:
+        return "skymatch_step." + Path(filename).stem
+    if "site-packages/" in filename:
+        return filename.split("site-packages/")[1].split("/")[0]
+    if "/lib/python3" in filename:
+        return "stdlib." + Path(filename).stem
+    return Path(filename).name
+
+
+def _owner(traceback):
+    """Who keeps an allocation: the deepest skymatch_step line on its stack.
+
+    Returns ``(site, package)``: that line (``file:line code``; the
+    outermost frame when the stack has no skymatch_step frame) and the
+    package of the allocating frame.
+    """
+    import linecache
+
+    frames = list(traceback)  # oldest first
+    ours = [f for f in frames if "/skymatch_step/" in f.filename]
+    frame = ours[-1] if ours else frames[0]
+    code = linecache.getline(frame.filename, frame.lineno).strip()
+    site = f"{_package(frame.filename)}:{frame.lineno} {code}"
+    return site, _package(frames[-1].filename)
+
+
+def _traced():
+    """Traced bytes in use after a garbage collection."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0]
+
+
+def _held(make):
+    """Call ``make()``; return its result and the traced bytes it keeps."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    before = tracemalloc.get_traced_memory()[0]
+    obj = make()
+    gc.collect()
+    return obj, tracemalloc.get_traced_memory()[0] - before
+
+
+def _unit_sizes(files):
+    """Traced bytes kept by one image's objects, measured on ``files[1]``.
+
+    The same is done on ``files[0]`` first so that one-time caches are
+    warm and not charged to the image.
+    """
+    from jwst import datamodels
+    from spherical_geometry.polygon import SphericalPolygon
+
+    from skymatch_step._footprints import bounding_cap, image_footprint
+    from skymatch_step.step import _wcs_callables
+
+    def wcs_of(path):
+        with datamodels.open(path) as model:
+            return model.meta.wcs, model.data.shape
+
+    for path in files[:2]:  # the second image's figures: caches are warm then
+        start = _traced()
+        wcs, shape = wcs_of(path)
+        wcs_bytes = _traced() - start
+        fwd, inv = _wcs_callables(wcs)
+        closure_extra = _traced() - start - wcs_bytes
+        del wcs
+        closures_alone = _traced() - start
+        before = _traced()
+        footprint = image_footprint(shape, fwd)
+        footprint_bytes = _traced() - before
+        _, cap_bytes = _held(partial(bounding_cap, footprint))
+        points = np.asarray(footprint.polygons[0].points)
+        _, vertices_bytes = _held(partial(np.array, points))
+        _, polygon_bytes = _held(partial(SphericalPolygon, points))
+        del fwd, inv, footprint
+    return {
+        "gwcs WCS object read from a file (asdf)": wcs_bytes,
+        "forward/inverse closures, on top of the WCS": closure_extra,
+        "forward/inverse closures once the WCS is dropped (what ImageInput keeps)": closures_alone,
+        "footprint (SphericalPolygon from image_footprint)": footprint_bytes,
+        "bounding cap of the footprint": cap_bytes,
+        "footprint vertices alone (ndarray of unit vectors)": vertices_bytes,
+        "a bare SphericalPolygon of those vertices": polygon_bytes,
+    }
+
+
+def _run_memory(asn, step_args, nframes):
+    """Body of a worker subprocess: what our step keeps per image after pass 1.
+
+    ``in_memory=False``. The engine's second pass (``_measure_all``) is
+    replaced by a probe that takes a tracemalloc snapshot and the resident
+    memory, then stops the step.
+    """
+    import gc
+    import logging
+    import tracemalloc
+
+    os.environ["STPIPE_DISABLE_CRDS_STEPPARS"] = "true"
+    logging.disable(logging.WARNING)
+    from skymatch_step import SkymatchStep, _methods
+
+    if not hasattr(_methods, "_measure_all"):
+        raise RuntimeError("skymatch_step._methods has no _measure_all: update the probe")
+    probe = {}
+
+    def measure_all(layout, *args, **kwargs):
+        gc.collect()
+        probe["rss_mb"] = _rss_mb()
+        probe["snapshot"] = tracemalloc.take_snapshot()
+        probe["images"] = len(layout.images)
+        probe["pairs"] = len(layout.pairs)
+        raise _Stop
+
+    _methods._measure_all = measure_all
+    open_library = SkymatchStep._open_library
+
+    def traced_open_library(self, input_models):
+        # The association is read and validated untraced (very slow when
+        # traced); tracing starts once the library exists.
+        library = open_library(self, input_models)
+        gc.collect()
+        probe["rss_library_mb"] = _rss_mb()
+        tracemalloc.start(nframes)
+        probe["baseline"] = tracemalloc.take_snapshot()
+        return library
+
+    SkymatchStep._open_library = traced_open_library
+    files = sorted(Path(asn).parent.glob("*_cal.fits"))
+    # Load asdf's extensions and converters before tracing (slow when traced).
+    from jwst import datamodels
+
+    with datamodels.open(files[0]) as model:
+        model.meta.wcs  # noqa: B018
+    tracemalloc.start(nframes)
+    units = _unit_sizes(files)
+    tracemalloc.stop()
+    gc.collect()
+    base_rss = _rss_mb()
+    start = time.perf_counter()
+    try:
+        SkymatchStep.call(asn, skymethod="match", in_memory=False, **step_args)
+    except _Stop:
+        pass
+    else:
+        raise RuntimeError("the memory probe was not reached")
+    seconds = time.perf_counter() - start
+    n = probe["images"]
+    sites, packages, owners = {}, {}, {}
+    for stat in probe["snapshot"].compare_to(probe["baseline"], "traceback"):
+        if stat.size_diff <= 0:
+            continue
+        site, package = _owner(stat.traceback)
+        sites[site] = sites.get(site, 0) + stat.size_diff
+        packages[package] = packages.get(package, 0) + stat.size_diff
+        key = f"{site} -> {package}"
+        owners[key] = owners.get(key, 0) + stat.size_diff
+
+    def top(table, count=25):
+        items = sorted(table.items(), key=lambda kv: -kv[1])[:count]
+        return [{"owner": k, "bytes": v, "bytes_per_image": v / n} for k, v in items]
+
+    traced = sum(sites.values())
+    print(
+        json.dumps(
+            {
+                "images": n,
+                "pairs": probe["pairs"],
+                "first_pass_s": seconds,
+                "rss_before_mb": base_rss,
+                "rss_library_mb": probe["rss_library_mb"],
+                "rss_after_pass1_mb": probe["rss_mb"],
+                "rss_per_image_kb": 1024.0 * (probe["rss_mb"] - base_rss) / n,
+                "traced_bytes": traced,
+                "traced_per_image": traced / n,
+                "by_site": top(sites),
+                "by_package": top(packages, 15),
+                "by_site_and_package": top(owners, 30),
+                "unit_sizes": units,
+            }
+        )
+    )
+
+
+def memory_table(result, command):
+    """Markdown report of `_run_memory`'s result."""
+    n = result["images"]
+    lines = [
+        f"Command: `{command}`. Our step, in_memory=False, skymethod='match', on {n} images "
+        f"({result['pairs']} candidate pairs); tracemalloc snapshot at the start of the "
+        "second pass compared with one taken once the library is open "
+        f"({result['first_pass_s']:.0f} s to get there, traced).",
+        "",
+        f"Resident memory: {result['rss_before_mb']:.0f} MB before the call, "
+        f"{result['rss_library_mb']:.0f} MB once the library is open (association read; "
+        "tracing starts there), "
+        f"{result['rss_after_pass1_mb']:.0f} MB after the first pass: "
+        f"{result['rss_per_image_kb']:.1f} kB per image. Traced by Python: "
+        f"{result['traced_bytes'] / 2**20:.1f} MB, {result['traced_per_image'] / 1024:.1f} kB "
+        "per image.",
+        "",
+        "Kept per image, by the skymatch_step line that caused the allocation:",
+        "",
+        "| bytes per image | total MB | line |",
+        "| ---: | ---: | --- |",
+    ]
+    for r in result["by_site"][:15]:
+        owner = r["owner"].replace("|", "\\|")
+        lines.append(f"| {r['bytes_per_image']:.0f} | {r['bytes'] / 2**20:.1f} | `{owner}` |")
+    lines += [
+        "",
+        "By the package that allocated it:",
+        "",
+        "| bytes per image | total MB | package |",
+        "| ---: | ---: | --- |",
+    ]
+    for r in result["by_package"][:12]:
+        lines.append(f"| {r['bytes_per_image']:.0f} | {r['bytes'] / 2**20:.1f} | {r['owner']} |")
+    lines += [
+        "",
+        "Sizes of one image's objects (traced bytes kept, measured alone):",
+        "",
+        "| object | bytes |",
+        "| --- | ---: |",
+    ]
+    for k, v in result["unit_sizes"].items():
+        lines.append(f"| {k} | {v} |")
+    return "\n".join(lines) + "\n"
+
+
 # -- driver ----------------------------------------------------------------------
 
 
@@ -182,8 +423,15 @@ def _spawn(args, cwd, timeout):
     included) is killed and ``{"timed_out": True}`` returned.
     """
     cmd = [sys.executable, __file__, "--worker", *args]
+    # The worker runs in another directory: the same sources as this process.
+    env = dict(os.environ)
+    if env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(
+            os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p
+        )
     proc = subprocess.Popen(
         cmd,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -196,6 +444,10 @@ def _spawn(args, cwd, timeout):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         return {"timed_out": True, "seconds": float(timeout)}
+    except BaseException:  # interrupted: never leave the worker running
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
     if proc.returncode != 0:
         raise RuntimeError(f"worker {args[:2]} failed:\n{err[-3000:]}")
     return json.loads(out.strip().splitlines()[-1])
@@ -542,6 +794,14 @@ def main(argv=None):
     )
     parser.add_argument("--solve-timeout", type=float, default=1800.0)
     parser.add_argument("--no-steps", action="store_true", help="only jwst's solve")
+    parser.add_argument(
+        "--memory-profile",
+        type=int,
+        metavar="N",
+        help="instead of timing: what our step keeps per image after its first pass, at N "
+        "images (tracemalloc; writes scale.memory.md/json)",
+    )
+    parser.add_argument("--frames", type=int, default=60, help="tracemalloc stack depth")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -550,6 +810,9 @@ def main(argv=None):
         if kind == "step":
             runner, asn, in_memory, step_args = rest
             _run_step(runner, asn, in_memory == "True", json.loads(step_args))
+        elif kind == "memory":
+            asn, step_args, nframes = rest
+            _run_memory(asn, json.loads(step_args), int(nframes))
         else:
             _run_solve(int(rest[0]))
         return 0
@@ -564,6 +827,22 @@ def main(argv=None):
     groups = SMOKE_SOLVE_GROUPS if args.smoke else args.solve_groups
     if args.smoke:
         args.jwst_max = min(args.jwst_max, SMOKE_SIZES[0])
+    command = "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command.strip()
+    if args.memory_profile:
+        n = min(SMOKE_SIZES) if args.smoke else args.memory_profile
+        asn = simulate(n, workdir)
+        step_args = json.dumps(parse_step_args(args.step_arg))
+        result = _spawn(
+            ["memory", str(asn), step_args, str(args.frames)], cwd=asn.parent, timeout=args.timeout
+        )
+        if result.get("timed_out"):
+            raise RuntimeError(f"the memory profile timed out after {args.timeout} s")
+        _write(outdir / "scale.memory.json", json.dumps(result, indent=1))
+        text = memory_table(result, command)
+        _write(outdir / "scale.memory.md", text)
+        print(text)
+        return 0
     rows = [] if args.no_steps else measure_sizes(args, sizes, repeats, workdir)
     solve = measure_solve(groups, args.solve_timeout) if groups else None
 
@@ -571,9 +850,6 @@ def main(argv=None):
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"jwst {importlib.metadata.version('jwst')}"
     )
-    command = (
-        "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    ).strip()
     payload = {
         "machine": machine,
         "command": command,
@@ -592,4 +868,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # A terminated driver (e.g. by `timeout`) stops its worker too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     sys.exit(main())
