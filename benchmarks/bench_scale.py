@@ -103,10 +103,12 @@ def _run_step(runner, asn, in_memory, step_args):
         kwargs = dict(step_args)
     base = _rss_mb()
     start = time.perf_counter()
+    cpu = time.process_time()
     Step.call(asn, skymethod="match", in_memory=in_memory, **kwargs)
     seconds = time.perf_counter() - start
+    cpu_s = time.process_time() - cpu  # this process only, not its workers
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print(json.dumps({"seconds": seconds, "peak_mb": peak, "base_mb": base}))
+    print(json.dumps({"seconds": seconds, "cpu_s": cpu_s, "peak_mb": peak, "base_mb": base}))
 
 
 def grid_overlaps(ngroups, *, seed=0):
@@ -167,11 +169,24 @@ def _run_solve(ngroups):
     # The solve alone: the overlap matrix is given, no image is measured.
     stcal_skymatch._overlap_matrix = lambda images, apply_sky=True: (a, w)
     start = time.perf_counter()
+    cpu = time.process_time()
     deltas = stcal_skymatch._find_optimum_sky_deltas([None] * n)
     seconds = time.perf_counter() - start
+    cpu_s = time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     ok = bool(np.all(np.isfinite(deltas)))
-    print(json.dumps({"groups": n, "seconds": seconds, "peak_mb": peak, "base_mb": base, "ok": ok}))
+    print(
+        json.dumps(
+            {
+                "groups": n,
+                "seconds": seconds,
+                "cpu_s": cpu_s,
+                "peak_mb": peak,
+                "base_mb": base,
+                "ok": ok,
+            }
+        )
+    )
 
 
 class _Stop(Exception):
@@ -416,7 +431,7 @@ def memory_table(result, command):
 # -- driver ----------------------------------------------------------------------
 
 
-def _spawn(args, cwd, timeout):
+def _spawn(args, cwd, timeout, threads=None):
     """Run ``bench_scale.py --worker ARGS`` and return its JSON line.
 
     On timeout the whole process group (the step's worker processes
@@ -429,6 +444,9 @@ def _spawn(args, cwd, timeout):
         env["PYTHONPATH"] = os.pathsep.join(
             os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p
         )
+    if threads is not None:
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[name] = str(threads)
     proc = subprocess.Popen(
         cmd,
         env=env,
@@ -573,6 +591,8 @@ def _row(n, label, runner, in_memory, runs):
         "timeout_s": max((r["seconds"] for r in runs if r.get("timed_out")), default=nan),
         "seconds": seconds,
         "ms_per_image": 1000.0 * seconds / n,
+        # of the step's own process (its footprint-intersecting workers not counted)
+        "cpu_s": statistics.median(r.get("cpu_s", nan) for r in done) if done else nan,
         "peak_mb": statistics.median(r["peak_mb"] for r in done) if done else nan,
         "base_mb": statistics.median(r["base_mb"] for r in done) if done else nan,
     }
@@ -638,22 +658,27 @@ def measure_solve(groups, timeout):
     """
     points = []
     for g in groups:
-        result = _spawn(["solve", str(g)], cwd=None, timeout=timeout)
+        # One BLAS thread: on a shared machine, threads waiting for each
+        # other would dominate; the CPU time is then the cost of the solve.
+        result = _spawn(["solve", str(g)], cwd=None, timeout=timeout, threads=1)
         if result.get("timed_out"):
             print(f"  solve {g} groups: timed out after {timeout} s", flush=True)
             break
         points.append(result)
         print(
-            f"  solve {result['groups']:5d} groups: {result['seconds']:8.2f} s, "
+            f"  solve {result['groups']:5d} groups: {result['seconds']:8.2f} s "
+            f"({result['cpu_s']:.2f} s CPU), "
             f"peak {result['peak_mb']:.0f} MB (before {result['base_mb']:.0f} MB)",
             flush=True,
         )
     out = {"points": points, "time_fit": None, "memory_fit": None, "extrapolated": []}
     if len(points) < 2:
         return out
-    a, p = fit_power_law([(r["groups"], r["seconds"]) for r in points])
+    # The largest three points: the small ones are dominated by overheads.
+    big = points[-3:]
+    a, p = fit_power_law([(r["groups"], r["cpu_s"]) for r in big])
     # The solve's own memory: peak less what the process held before it.
-    mem = [(r["groups"], max(r["peak_mb"] - r["base_mb"], 1e-3)) for r in points]
+    mem = [(r["groups"], max(r["peak_mb"] - r["base_mb"], 1e-3)) for r in big]
     am, pm = fit_power_law(mem)
     out["time_fit"] = {"a": a, "p": p}
     out["memory_fit"] = {"a": am, "p": pm}
@@ -681,17 +706,19 @@ def table(rows, solve, machine, command):
     lines = [
         f"Machine: {machine}. Command: `{command}`. Sparse mosaics of 128x128 images "
         "(bench_skymatch's sparse layout), skymethod='match'. Each run in a fresh process, "
-        "timed around `Step.call`; peak = ru_maxrss of the process, before = its resident "
+        "timed around `Step.call` (CPU: of the step's own process, not its workers); "
+        "peak = ru_maxrss of the process, before = its resident "
         "memory before the call (imports); contenders alternate; times are medians.",
         "",
-        "| images | contender | in_memory | runs | time (s) | ms per image "
+        "| images | contender | in_memory | runs | time (s) | ms per image | CPU (s) "
         "| peak (MB) | before (MB) |",
-        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
             f"| {r['n_images']} | {r['contender']} | {r['in_memory']} | {r['runs']} "
-            f"| {_time_cell(r)} | {_fmt(r['ms_per_image'])} | {_fmt(r['peak_mb'], 0)} "
+            f"| {_time_cell(r)} | {_fmt(r['ms_per_image'])} | {_fmt(r['cpu_s'])} "
+            f"| {_fmt(r['peak_mb'], 0)} "
             f"| {_fmt(r['base_mb'], 0)} |"
         )
     grow = growth(rows)
@@ -710,23 +737,24 @@ def table(rows, solve, machine, command):
             "matrix rank and pseudo-inverse of the (pairs x groups) matrix), on a square grid "
             "of groups with 4-neighbour links, each in a fresh process:",
             "",
-            "| groups | time (s) | solve memory (MB) | kind |",
-            "| ---: | ---: | ---: | --- |",
+            "| groups | wall (s) | CPU (s) | solve memory (MB) | kind |",
+            "| ---: | ---: | ---: | ---: | --- |",
         ]
         for r in solve["points"]:
             lines.append(
-                f"| {r['groups']} | {r['seconds']:.2f} | {r['peak_mb'] - r['base_mb']:.0f} "
-                "| measured |"
+                f"| {r['groups']} | {r['seconds']:.2f} | {r['cpu_s']:.2f} "
+                f"| {r['peak_mb'] - r['base_mb']:.0f} | measured |"
             )
         for r in solve["extrapolated"]:
             lines.append(
-                f"| {r['groups']} | {r['seconds']:.0f} | {r['memory_mb']:.0f} | extrapolated |"
+                f"| {r['groups']} | | {r['seconds']:.0f} | {r['memory_mb']:.0f} | extrapolated |"
             )
         if solve["time_fit"]:
             tf, mf = solve["time_fit"], solve["memory_fit"]
             lines += [
                 "",
-                f"Fits (least squares in log-log over the measured points): "
+                "Fits (least squares in log-log over the three largest measured points, "
+                "one BLAS thread, CPU time): "
                 f"t = {tf['a']:.3g} s x N^{tf['p']:.2f}; "
                 f"memory = {mf['a']:.3g} MB x N^{mf['p']:.2f} (N = groups).",
             ]

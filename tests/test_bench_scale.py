@@ -73,7 +73,7 @@ def test_grid_overlaps_link_each_group_to_its_four_neighbours(bench):
 
 
 def test_table_reports_a_timeout_as_a_lower_bound(bench):
-    done = {"seconds": 50.0, "peak_mb": 900.0, "base_mb": 300.0}
+    done = {"seconds": 50.0, "cpu_s": 40.0, "peak_mb": 900.0, "base_mb": 300.0}
     rows = [
         bench._row(1000, "ours", "ours", False, [done]),
         bench._row(1000, "jwst", "jwst", False, [{"timed_out": True, "seconds": 600.0}]),
@@ -81,7 +81,7 @@ def test_table_reports_a_timeout_as_a_lower_bound(bench):
     assert rows[0]["ms_per_image"] == pytest.approx(50.0)
     text = bench.table(rows, None, "machine", "cmd")
     assert "| 1000 | jwst | False | 0 | > 600 (timed out) |" in text
-    assert "| 1000 | ours | False | 1 | 50.0 | 50.0 | 900 | 300 |" in text
+    assert "| 1000 | ours | False | 1 | 50.0 | 50.0 | 40.0 | 900 | 300 |" in text
     assert "not measured" in text  # no 10,000-image run
 
 
@@ -104,6 +104,7 @@ def test_smoke_run_writes_the_results_and_reuses_the_cache(bench, tmp_path):
         assert r["runs"] == 1
         assert r["seconds"] > 0
         assert r["peak_mb"] >= r["base_mb"] > 0
+        assert r["cpu_s"] > 0
     assert payload["growth"]["ours"]["n_from"] == 4
     assert payload["growth"]["ours"]["n_to"] == 8
     solve = payload["solve"]
@@ -121,3 +122,44 @@ def test_smoke_run_writes_the_results_and_reuses_the_cache(bench, tmp_path):
     asn = bench.simulate(4, tmp_path)
     assert asn == tmp_path / "scale4" / "scale4_asn.json"
     assert [f.stat().st_mtime_ns for f in files] == stamps
+
+
+def test_memory_owner_is_the_deepest_skymatch_step_line(bench):
+    from types import SimpleNamespace
+
+    step = bench.__file__.replace("benchmarks/bench_scale.py", "src/skymatch_step/step.py")
+    site = "/venv/lib/python3.11/site-packages/"
+    frames = [  # oldest first, as tracemalloc gives them
+        SimpleNamespace(filename=site + "stpipe/step.py", lineno=10),
+        SimpleNamespace(filename=step, lineno=1),
+        SimpleNamespace(filename=site + "asdf/_asdf.py", lineno=5),
+        SimpleNamespace(filename=site + "yaml/constructor.py", lineno=7),
+    ]
+    where, package = bench._owner(frames)
+    assert where.startswith("skymatch_step.step:1 ")
+    assert package == "yaml"
+    # no skymatch_step frame: the outermost frame names the owner
+    where, package = bench._owner(frames[2:])
+    assert where.startswith("asdf:5")
+    assert package == "yaml"
+
+
+def test_memory_table_reports_bytes_per_image(bench):
+    result = {
+        "images": 1000,
+        "pairs": 1900,
+        "first_pass_s": 60.0,
+        "rss_before_mb": 200.0,
+        "rss_library_mb": 210.0,
+        "rss_after_pass1_mb": 710.0,
+        "rss_per_image_kb": 512.0,
+        "traced_bytes": 400 * 2**20,
+        "traced_per_image": 400 * 2**20 / 1000,
+        "by_site": [{"owner": "skymatch_step.step:1 x", "bytes": 2**20, "bytes_per_image": 1048.6}],
+        "by_package": [{"owner": "astropy", "bytes": 2**20, "bytes_per_image": 1048.6}],
+        "unit_sizes": {"gwcs WCS object": 450000},
+    }
+    text = bench.memory_table(result, "cmd")
+    assert "710 MB after the first pass: 512.0 kB per image" in text
+    assert "| 1049 | 1.0 | `skymatch_step.step:1 x` |" in text
+    assert "| gwcs WCS object | 450000 |" in text
