@@ -709,27 +709,9 @@ def table(rows, solve, machine, command):
         "timed around `Step.call` (CPU: of the step's own process, not its workers); "
         "peak = ru_maxrss of the process, before = its resident "
         "memory before the call (imports); contenders alternate; times are medians.",
-        "",
-        "| images | contender | in_memory | runs | time (s) | ms per image | CPU (s) "
-        "| peak (MB) | before (MB) |",
-        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['n_images']} | {r['contender']} | {r['in_memory']} | {r['runs']} "
-            f"| {_time_cell(r)} | {_fmt(r['ms_per_image'])} | {_fmt(r['cpu_s'])} "
-            f"| {_fmt(r['peak_mb'], 0)} "
-            f"| {_fmt(r['base_mb'], 0)} |"
-        )
-    grow = growth(rows)
-    if grow:
-        lines += [
-            "",
-            "Growth of wall time (slope of log t against log N, smallest to largest N): "
-            + "; ".join(f"{k} N^{p:.2f} (N = {n0} to {n1})" for k, (p, n0, n1) in grow.items())
-            + ".",
-        ]
-    lines += ["", *_targets(rows, grow)]
+    if rows:
+        lines += _steps_table(rows)
     if solve and solve["points"]:
         lines += [
             "",
@@ -759,6 +741,33 @@ def table(rows, solve, machine, command):
                 f"memory = {mf['a']:.3g} MB x N^{mf['p']:.2f} (N = groups).",
             ]
     return "\n".join(lines) + "\n"
+
+
+def _steps_table(rows):
+    """The step runs, their growth and issue 10's targets, as Markdown lines."""
+    lines = [
+        "",
+        "| images | contender | in_memory | runs | time (s) | ms per image | CPU (s) "
+        "| peak (MB) | before (MB) |",
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['n_images']} | {r['contender']} | {r['in_memory']} | {r['runs']} "
+            f"| {_time_cell(r)} | {_fmt(r['ms_per_image'])} | {_fmt(r['cpu_s'])} "
+            f"| {_fmt(r['peak_mb'], 0)} "
+            f"| {_fmt(r['base_mb'], 0)} |"
+        )
+    grow = growth(rows)
+    if grow:
+        lines += [
+            "",
+            "Growth of wall time (slope of log t against log N, smallest to largest N): "
+            + "; ".join(f"{k} N^{p:.2f} (N = {n0} to {n1})" for k, (p, n0, n1) in grow.items())
+            + ".",
+        ]
+    lines += ["", *_targets(rows, grow)]
+    return lines
 
 
 def _targets(rows, grow):
