@@ -1,8 +1,8 @@
 """Survey-scale benchmark: sparse mosaics of thousands of 128x128 images.
 
-The mosaics are the sparse case of ``bench_skymatch.py`` (a wide grid, two
-columns per row for each image in ``sqrt(N)``, 5% overlap between
-neighbours) with 128x128 images, written once by the project's simulator
+The mosaics are the sparse case of ``bench_skymatch.py`` (a grid
+``2 sqrt(N)`` images wide, 5% overlap between neighbours) with 128x128
+images, written once by the project's simulator
 and cached under ``--workdir`` (later runs reuse them). Each run happens in
 a fresh subprocess, timed around ``Step.call`` only, and reports its peak
 resident memory (``ru_maxrss``) and its resident memory before the call
@@ -29,6 +29,11 @@ hours to write on 2 busy cores)::
 The same with a Dask scheduler for our step::
 
     python benchmarks/bench_scale.py --step-arg dask_scheduler=local --step-arg maximum_cores=2
+
+What our step keeps per image after its first pass (tracemalloc; slow,
+since every allocation is traced)::
+
+    python benchmarks/bench_scale.py --memory-profile 1000 --workdir /tmp/sdata
 
 Smoke test (seconds; never a timing assertion)::
 
