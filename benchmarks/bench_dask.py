@@ -47,6 +47,15 @@ PASSES = {
 }
 
 
+def pass_times(text, patterns):
+    """Seconds of each pass, from the step's progress lines (None if absent)."""
+    out = {}
+    for name, pattern in patterns.items():
+        found = pattern.search(text)
+        out[name] = float(found.group(1)) if found else None
+    return out
+
+
 def _run_one(asn, runner, method, in_memory):
     """Body of a worker subprocess: one step call; prints a JSON line."""
     import io
@@ -80,11 +89,7 @@ def _run_one(asn, runner, method, in_memory):
             model = library.borrow(k)
             levels.append(model.meta.background.level)
             library.shelve(model, k, modify=False)
-    text = stream.getvalue()
-    passes = {}
-    for name, pattern in PASSES.items():
-        found = pattern.search(text)
-        passes[name] = float(found.group(1)) if found else None
+    passes = pass_times(stream.getvalue(), PASSES)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {"seconds": elapsed, "passes": passes, "peak_mb": peak}
     print(json.dumps({**result, "levels": levels, "n": len(levels)}))

@@ -109,16 +109,14 @@ def _run_one(n, workers):
     logger = logging.getLogger("skymatch_step")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    from bench_dask import pass_times
+
     from skymatch_step import match
 
     t0 = time.perf_counter()
     result = match(_images(n), skymethod="match", workers=workers)
     elapsed = time.perf_counter() - t0
-    text = stream.getvalue()
-    passes = {}
-    for name, pattern in PASSES.items():
-        found = pattern.search(text)
-        passes[name] = float(found.group(1)) if found else None
+    passes = pass_times(stream.getvalue(), PASSES)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         json.dumps(

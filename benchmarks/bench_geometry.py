@@ -56,8 +56,7 @@ from skymatch_step._overlaps import (
     _intersect_pair,
     _intersection,
     candidate_pairs,
-    overlap_regions,
-    region_mask,
+    pair_pixels,
 )
 from skymatch_step._planar import PlanarGeometryError, exact_intersection, intersect_footprints
 from skymatch_step.simulate import MosaicSpec, make_gwcs
@@ -154,21 +153,6 @@ def _random_pair(rng, kind):
     return a, b
 
 
-def _step_pixels(overlap, images):
-    """(area is 0, selected pixels) of each image, as the step selects them."""
-    out = []
-    for index, im in enumerate(images):
-        region = overlap_regions(index, [1 - index], {(0, 1): overlap}, im.inverse, [0, 1])
-        region = region[1 - index]
-        full = np.zeros(im.shape, dtype=bool)
-        if region.area != 0.0:
-            where, mask = region_mask(region.polygons, im.shape)
-            if where is not None:
-                full[where] = mask
-        out.append((region.area == 0.0, full))
-    return out
-
-
 def _fallback_reason(fp_a, fp_b):
     """None if the step's path uses the planar clip, else why not."""
     try:
@@ -204,8 +188,8 @@ def parity(npairs, seed):
             counts["fallback"] += 1
             counts[f"fallback {kind}"] += 1
             reasons[reason] += 1
-        want = _step_pixels(ref, (a, b))
-        have = _step_pixels(got, (a, b))
+        want = pair_pixels(ref, (a, b))
+        have = pair_pixels(got, (a, b))
         counts["overlapping"] += not want[0][0]
         ndiff = sum(
             int((w[1] != h[1]).sum()) + (w[0] != h[0]) for w, h in zip(want, have, strict=True)

@@ -15,7 +15,7 @@ from skymatch_step._overlaps import (
     PairOverlap,
     _intersect_pair,
     _intersection,
-    overlap_regions,
+    pair_pixels,
     region_mask,
 )
 from skymatch_step._planar import (
@@ -479,21 +479,6 @@ def _fast_pair(rng, kind):
     return a, b
 
 
-def _step_pixels(overlap, images):
-    """Pixels each image selects, as the step selects them (and whether the area is 0)."""
-    out = []
-    for index, im in enumerate(images):
-        regions = overlap_regions(index, [1 - index], {(0, 1): overlap}, im.inverse, [0, 1])
-        region = regions[1 - index]
-        full = np.zeros(im.shape, dtype=bool)
-        if region.area != 0.0:
-            where, mask = region_mask(region.polygons, im.shape)
-            if where is not None:
-                full[where] = mask
-        out.append((region.area == 0.0, full))
-    return out
-
-
 def _spherical_pair(fp_i, fp_j):
     """What `_intersect_pair` gives with spherical-geometry alone (jwst's method)."""
     try:
@@ -519,8 +504,8 @@ def _compare_wired(npairs, seed, kinds):
         except PlanarGeometryError:
             pass
         got = _intersect_pair(a.footprint, b.footprint)
-        want = _step_pixels(ref, (a, b))
-        have = _step_pixels(got, (a, b))
+        want = pair_pixels(ref, (a, b))
+        have = pair_pixels(got, (a, b))
         res["overlapping"] += not want[0][0]
         ndiff = sum(
             int((w[1] != h[1]).sum()) + (w[0] != h[0]) for w, h in zip(want, have, strict=True)

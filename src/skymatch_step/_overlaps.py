@@ -402,3 +402,31 @@ def region_mask(polygons, shape, name=""):
     for (r, c), m in parts:
         mask[r - r0 : r - r0 + m.shape[0], c - c0 : c - c0 + m.shape[1]] |= m
     return (slice(r0, r1), slice(c0, c1)), mask
+
+
+def pair_pixels(overlap, images):
+    """Pixels each image of a pair selects in their overlap, as the step does.
+
+    Parameters
+    ----------
+    overlap : PairOverlap
+        The pair's intersection (`PairIntersector` or `_intersect_pair`).
+    images : tuple of two objects with ``shape`` and ``inverse``
+        The pair's images, in the order of the intersection.
+
+    Returns
+    -------
+    list of tuple
+        For each image, ``(area is zero, full-image boolean mask)``.
+    """
+    out = []
+    for index, im in enumerate(images):
+        regions = overlap_regions(index, [1 - index], {(0, 1): overlap}, im.inverse, [0, 1])
+        region = regions[1 - index]
+        full = np.zeros(im.shape, dtype=bool)
+        if region.area != 0.0:
+            where, mask = region_mask(region.polygons, im.shape)
+            if where is not None:
+                full[where] = mask
+        out.append((region.area == 0.0, full))
+    return out
