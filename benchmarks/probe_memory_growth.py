@@ -1,0 +1,67 @@
+"""What an ``in_memory=False`` run keeps per image: objects and memory after each image.
+
+Runs the step on an association with ``in_memory=False`` and records, after
+every image of the one-thread passes (the WCS pass and the write-back),
+the number of objects the garbage collector holds frozen (everything that
+survived the collections so far) and the peak resident memory. Growth per
+image is what the step (or something it calls) keeps per image.
+
+Example (the 1,000-image mosaic of ``benchmarks/bench_scale.py``; any
+association works)::
+
+    python benchmarks/probe_memory_growth.py /tmp/sdata/scale1000/first200_asn.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import resource
+import time
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("asn")
+    parser.add_argument("--cores", default="1", help="maximum_cores")
+    args = parser.parse_args(argv)
+    os.environ["STPIPE_DISABLE_CRDS_STEPPARS"] = "true"
+    logging.disable(logging.INFO)
+    from skymatch_step import SkymatchStep
+    from skymatch_step import step as step_module
+
+    records = []
+    release = step_module._release
+
+    def probe(on_disk, *, settle=False):
+        release(on_disk, settle=settle)
+        if settle:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+            records.append((gc.get_freeze_count(), peak))
+
+    step_module._release = probe
+    try:
+        t0 = time.perf_counter()
+        SkymatchStep.call(args.asn, in_memory=False, maximum_cores=args.cores)
+        elapsed = time.perf_counter() - t0
+    finally:
+        step_module._release = release
+        logging.disable(logging.NOTSET)
+    n = len(records) // 2
+    print(f"step: {elapsed:.1f} s for {n} images")
+    print("| after | frozen objects | peak MB |\n|---|---|---|")
+    for k in sorted({0, 1, n // 2, n - 1, n, len(records) - 1}):
+        if 0 <= k < len(records):
+            where = f"WCS pass image {k + 1}" if k < n else f"write-back image {k - n + 1}"
+            print(f"| {where} | {records[k][0]} | {records[k][1]} |")
+    if n > 1:
+        per = (records[n - 1][0] - records[0][0]) / (n - 1)
+        mb = (records[n - 1][1] - records[0][1]) / (n - 1)
+        print(f"WCS pass: {per:.0f} objects and {mb:.2f} MB kept per image")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
