@@ -185,7 +185,8 @@ def test_good_pixels_follow_astropy_bit_flags(dqbits, dtype):
 
     from astropy.nddata.bitmask import bitfield_to_boolean_mask
 
-    from skymatch_step.step import _good_pixels, _parse_dqbits
+    from skymatch_step._members import good_pixels as _good_pixels
+    from skymatch_step.step import _parse_dqbits
 
     rng = np.random.default_rng(3)
     info = np.iinfo(dtype)

@@ -26,10 +26,12 @@ __all__ = [
     "check_model",
     "check_subtractable",
     "data_unit",
+    "describe",
     "describe_file",
     "good_pixels",
     "model_name",
     "start_level",
+    "usable_image",
     "wcs_callables",
 ]
 
@@ -226,20 +228,82 @@ class FileSource:
     def __call__(self):
         model = datamodels.open(self.path)
         try:
-            name = model_name(model, self.index)
-            data = model.data
-            good = good_pixels(model, self.dqbits)
-            self.masks.apply(self.index, good)
-            forward, inverse = wcs_callables(model.meta.wcs)
+            image = usable_image(model, self.index, self.dqbits, self.masks)
         finally:
             model.close()
         del model
+        yield image
 
-        @contextlib.contextmanager
-        def pixels():
-            yield data, good
 
-        yield ImageInput(id=name, shape=data.shape, forward=forward, inverse=inverse, pixels=pixels)
+def describe(model, index, dqbits, subtract):
+    """Check one open model before any model changes; return what the step keeps.
+
+    Parameters
+    ----------
+    model : DataModel
+    index : int
+        Its index in the input (names an unnamed model).
+    dqbits : int or None
+        DQ flags to ignore.
+    subtract : bool
+        Whether the sky will be subtracted (checked; rules the start level).
+
+    Returns
+    -------
+    Member
+
+    Raises
+    ------
+    ValueError
+        If the model fails a check (see `check_model`, `check_subtractable`,
+        `start_level`).
+    """
+    name = model_name(model, index)
+    shape = check_model(model, name, dqbits)
+    if subtract:
+        check_subtractable(model, name)
+    return Member(name, start_level(model, name, subtract), shape, data_unit(model))
+
+
+def usable_image(model, index, dqbits, masks, *, with_wcs=True):
+    """Make the engine's view of one open model: usable pixels and transforms.
+
+    The returned input holds the science array and good-pixel mask (DQ,
+    finite values and the user's mask), not the model, so the model can be
+    released right after.
+
+    Parameters
+    ----------
+    model : DataModel
+    index : int
+        Its index in the input.
+    dqbits : int or None
+        DQ flags to ignore.
+    masks : object
+        The user's sky masks, with ``apply(index, good)``.
+    with_wcs : bool, optional
+        Also prepare the WCS transforms (None otherwise).
+
+    Returns
+    -------
+    ImageInput
+    """
+    data = model.data
+    good = good_pixels(model, dqbits)
+    masks.apply(index, good)
+    forward, inverse = wcs_callables(model.meta.wcs) if with_wcs else (None, None)
+
+    @contextlib.contextmanager
+    def pixels():
+        yield data, good
+
+    return ImageInput(
+        id=model_name(model, index),
+        shape=data.shape,
+        forward=forward,
+        inverse=inverse,
+        pixels=pixels,
+    )
 
 
 def describe_file(source, *, dqbits, subtract, stepsize):
@@ -275,13 +339,9 @@ def describe_file(source, *, dqbits, subtract, stepsize):
             f"Cannot read image {source.index + 1} ({source.path!r}): {type(err).__name__}: {err}"
         ) from err
     try:
-        name = model_name(model, source.index)
-        shape = check_model(model, name, dqbits)
-        if subtract:
-            check_subtractable(model, name)
-        member = Member(name, start_level(model, name, subtract), shape, data_unit(model))
+        member = describe(model, source.index, dqbits, subtract)
         forward, _ = wcs_callables(model.meta.wcs)
-        footprint = image_footprint(shape, forward, stepsize, name=name)
+        footprint = image_footprint(member.shape, forward, stepsize, name=member.name)
     finally:
         model.close()
     return member, footprint

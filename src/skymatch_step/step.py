@@ -22,11 +22,8 @@ from stpipe.library import BorrowError, ClosedLibraryError, NoGroupID
 from ._diagnostics import check_diagnostics_prefix, write_diagnostics
 from ._distributed import DaskRunner, check_scheduler
 from ._masks import read_skymask
-from ._members import FileSource, Member, describe_file, start_level
-from ._members import check_model as _check_model
+from ._members import FileSource, describe, describe_file, usable_image
 from ._members import check_subtractable as _check_subtractable
-from ._members import data_unit as _data_unit
-from ._members import good_pixels as _good_pixels
 from ._members import model_name as _model_name
 from ._members import wcs_callables as _wcs_callables
 from ._methods import ImageInput, match
@@ -255,13 +252,8 @@ class SkymatchStep(Step):
             with _LEDGER_LOCK:
                 model = _borrow(library, index)
             try:
-                name = _model_name(model, index)
-                shape = _check_model(model, name, dqbits)
-                if self.subtract:
-                    _check_subtractable(model, name)
-                members.append(
-                    Member(name, start_level(model, name, self.subtract), shape, _data_unit(model))
-                )
+                member = describe(model, index, dqbits, self.subtract)
+                members.append(member)
                 forward, inverse = _wcs_callables(model.meta.wcs)
             finally:
                 with _LEDGER_LOCK:
@@ -273,8 +265,8 @@ class SkymatchStep(Step):
             # model (WCS and pixels) through the source when measuring it.
             source = _LibrarySource(library, index, dqbits, on_disk, masks)
             yield ImageInput(
-                id=name,
-                shape=shape,
+                id=member.name,
+                shape=member.shape,
                 forward=forward,
                 inverse=inverse,
                 pixels=None if on_disk else source.pixels,
@@ -622,41 +614,28 @@ class _LibrarySource:
         with _LEDGER_LOCK:
             model = _borrow(self._library, self._index)
         try:
-            name = _model_name(model, self._index)
-            data = model.data
-            good = _good_pixels(model, self._dqbits)
-            self._masks.apply(self._index, good)
-            transforms = _wcs_callables(model.meta.wcs) if with_wcs else (None, None)
+            image = usable_image(model, self._index, self._dqbits, self._masks, with_wcs=with_wcs)
         finally:
             with _LEDGER_LOCK:
                 self._library.shelve(model, self._index, modify=False)
         del model
         _release(self._on_disk)
-        return name, data, good, transforms
+        return image
 
     @contextlib.contextmanager
     def pixels(self):
         """Yield ``(data, good)``."""
-        _, data, good, _ = self._read(False)
         try:
-            yield data, good
+            with self._read(False).pixels() as arrays:
+                yield arrays
         finally:
-            del data, good
             if self._on_disk:
                 _trim_heap()
 
     @contextlib.contextmanager
     def __call__(self):
-        name, data, good, (forward, inverse) = self._read(True)
-
-        @contextlib.contextmanager
-        def pixels():
-            yield data, good
-
         try:
-            yield ImageInput(
-                id=name, shape=data.shape, forward=forward, inverse=inverse, pixels=pixels
-            )
+            yield self._read(True)
         finally:
             if self._on_disk:
                 _trim_heap()
