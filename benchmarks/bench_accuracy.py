@@ -131,7 +131,9 @@ def _run_step(which, models, kwargs):
 def _engine_inputs(models):
     """Describe the models to the engine as the step does (DQ: ~DO_NOT_USE)."""
     from skymatch_step import ImageInput
-    from skymatch_step.step import _good_pixels, _parse_dqbits, _wcs_callables
+    from skymatch_step._members import good_pixels as _good_pixels
+    from skymatch_step._members import wcs_callables as _wcs_callables
+    from skymatch_step.step import _parse_dqbits
 
     dqbits = _parse_dqbits("~DO_NOT_USE+NON_SCIENCE")
     inputs = []
@@ -175,7 +177,8 @@ def _noise_floor(models, result, *, shared=False):
     the floor is ``sqrt(mean(diag))``. With ``shared``, also the floor
     that counts the pixels several pairs reuse (`_pair_covariance`).
     """
-    from skymatch_step.step import _good_pixels, _parse_dqbits
+    from skymatch_step._members import good_pixels as _good_pixels
+    from skymatch_step.step import _parse_dqbits
 
     dqbits = _parse_dqbits("~DO_NOT_USE+NON_SCIENCE")
     ngroups = len(result.group_labels)

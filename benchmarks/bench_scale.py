@@ -257,7 +257,7 @@ def _unit_sizes(files):
     from spherical_geometry.polygon import SphericalPolygon
 
     from skymatch_step._footprints import bounding_cap, image_footprint
-    from skymatch_step.step import _wcs_callables
+    from skymatch_step._members import wcs_callables as _wcs_callables
 
     def wcs_of(path):
         with datamodels.open(path) as model:
