@@ -402,3 +402,39 @@ def test_engine_imports_no_datamodels_or_oracles():
             "_solver",
         ):
             assert not [n for n in names if "datamodels" in n or n.startswith("jwst")], path.name
+
+
+def test_on_disk_run_frozen_objects_hold_no_released_wcs(mosaic_on_disk, monkeypatch):
+    # With an on-disk library the step freezes, after each model of a
+    # one-thread pass, what survived the garbage collection (so that the
+    # next collections stay cheap). Nothing frozen may hold a model's WCS
+    # after the step has dropped it: such a transform tree could never be
+    # collected again, and the run would grow by one WCS per image.
+    import gc
+
+    from astropy.modeling import Model
+
+    from skymatch_step import step as step_module
+
+    trapped = []
+    release = step_module._release
+
+    def release_and_check(on_disk, *, settle=False):
+        release(on_disk, settle=settle)
+        if settle and step_module._FREEZING[0]:
+            gc.unfreeze()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            try:
+                gc.collect()
+                trapped.append(sum(isinstance(o, Model) for o in gc.garbage))
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+                gc.collect()
+                gc.freeze()
+
+    monkeypatch.setattr(step_module, "_release", release_and_check)
+    SkymatchStep.call(str(mosaic_on_disk.asn_path), in_memory=False, maximum_cores="1")
+    # one check per model in the WCS pass and one per model in the write-back
+    assert len(trapped) == 16
+    assert trapped == [0] * 16

@@ -435,7 +435,11 @@ def _read_layout(images, stepsize, workers, do_match, keep_transforms):
     footprints = []
     started = time.perf_counter()
     with PairIntersector(workers) as intersector:
-        for k, im in enumerate(images):
+        # No enumerate(): it reuses one result tuple, which the step's
+        # garbage-collector freezing (step._release) would keep holding
+        # each image's transforms after the engine has dropped them.
+        for im in images:
+            k = len(names)
             names.append(str(im.id))
             key = ("__own__", k) if im.group is None else im.group
             if key not in labels:

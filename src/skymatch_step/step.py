@@ -22,7 +22,7 @@ from stpipe.library import BorrowError, ClosedLibraryError, NoGroupID
 from ._diagnostics import check_diagnostics_prefix, write_diagnostics
 from ._distributed import DaskRunner, check_scheduler
 from ._masks import read_skymask
-from ._members import FileSource, describe, describe_file, usable_image
+from ._members import FileSource, describe, describe_file, reread, usable_image
 from ._members import check_subtractable as _check_subtractable
 from ._members import model_name as _model_name
 from ._members import wcs_callables as _wcs_callables
@@ -612,7 +612,7 @@ class _LibrarySource:
 
     def _read(self, with_wcs):
         with _LEDGER_LOCK:
-            model = _borrow(self._library, self._index)
+            model = _borrow(self._library, self._index, again=True)
         try:
             image = usable_image(model, self._index, self._dqbits, self._masks, with_wcs=with_wcs)
         finally:
@@ -658,14 +658,19 @@ def _shares_models(given, opened):
     return any(isinstance(m, JwstDataModel) and id(m.instance) in trees for m in opened)
 
 
-def _borrow(library, index):
+def _borrow(library, index, *, again=False):
     """Borrow model ``index``; an error opening it names its file.
 
     ``library.borrow`` opens an association member on first use (and, for
     an on-disk library, on every use); a truncated or unreadable file
-    otherwise surfaces as a bare numpy or FITS error.
+    otherwise surfaces as a bare numpy or FITS error. ``again``: the step
+    read this model before in this run, so its file is not validated again
+    (`_members.reread`).
     """
     try:
+        if again:
+            with reread():
+                return library.borrow(index)
         return library.borrow(index)
     except (BorrowError, ClosedLibraryError, MemoryError):
         raise
@@ -869,7 +874,7 @@ def _write_back(library, updates, *, subtract, on_disk, undo):
 
 
 def _update_model(library, index, update, *, subtract, undo):
-    model = _borrow(library, index)
+    model = _borrow(library, index, again=True)
     record = _Undo.of(model) if undo else None
     try:
         if update.status == "COMPLETE":
