@@ -438,3 +438,34 @@ def test_on_disk_run_frozen_objects_hold_no_released_wcs(mosaic_on_disk, monkeyp
     # one check per model in the WCS pass and one per model in the write-back
     assert len(trapped) == 16
     assert trapped == [0] * 16
+
+
+def test_on_disk_release_sweeps_garbage_that_was_frozen(monkeypatch):
+    # An object frozen while alive and dropped later (as asdf drops the
+    # oldest of the schema resolvers it keeps) is garbage the collector
+    # cannot see while frozen: _release must collect it within
+    # _SWEEP_EVERY settled models, however long the pass.
+    import gc
+    import weakref
+
+    from skymatch_step import step as step_module
+
+    class Cyclic:
+        pass
+
+    if gc.get_freeze_count():
+        pytest.skip("objects frozen by the test runner")
+    monkeypatch.setattr(step_module, "_SWEEP_EVERY", 5)
+    with step_module._quick_collections(True):
+        for start in range(3):
+            held = Cyclic()
+            held.me = held
+            alive = weakref.ref(held)
+            step_module._release(True, settle=True)  # frozen while alive
+            del held
+            for _ in range(4):
+                step_module._release(True, settle=True)
+                if alive() is None:
+                    break
+            assert alive() is None, f"frozen garbage not collected (round {start})"
+    assert gc.get_freeze_count() == 0

@@ -544,7 +544,7 @@ def _quick_collections(enabled):
         yield
         return
     gc.freeze()
-    _FREEZING[0] = True
+    _FREEZING[:] = [True, 0]
     try:
         yield
     finally:
@@ -552,8 +552,12 @@ def _quick_collections(enabled):
         gc.unfreeze()
 
 
-#: Whether `_quick_collections` froze the objects of the process.
-_FREEZING = [False]
+#: Whether `_quick_collections` froze the objects of the process, and how
+#: many models `_release` has settled since.
+_FREEZING = [False, 0]
+
+#: Models settled between two full collections of everything frozen.
+_SWEEP_EVERY = 100
 
 
 def _release(on_disk, *, settle=False):
@@ -569,11 +573,20 @@ def _release(on_disk, *, settle=False):
     in one thread), so what survives the collection is kept for the rest
     of the step; it is frozen too, so that each collection walks only what
     was made since, not everything read so far (which made a pass over N
-    models take time in N^2).
+    models take time in N^2). A frozen object that later becomes cyclic
+    garbage is never collected while frozen (asdf keeps the schema
+    resolvers of the last 128 files read and drops the oldest one for
+    each new file), so every `_SWEEP_EVERY` settled models everything is
+    unfrozen and collected once: a bounded amount of such garbage at any
+    time, for a full walk per `_SWEEP_EVERY` models.
     """
     if on_disk:
         gc.collect()
         if settle and _FREEZING[0]:
+            _FREEZING[1] += 1
+            if _FREEZING[1] % _SWEEP_EVERY == 0:
+                gc.unfreeze()
+                gc.collect()
             gc.freeze()
         _trim_heap()
 
