@@ -1,7 +1,7 @@
 """Run the step on an association with ``in_memory=False``, sampling its memory.
 
-Prints the step's log (INFO, with its progress lines) and, every
-``--every`` seconds, the resident and peak memory of this process, so that
+The step logs as stpipe sets it up (INFO, with its progress lines); every
+``--every`` seconds this prints the resident and peak memory of the process, so that
 a run too long to wait for still shows how far each pass got and what it
 held. Example (the 10,000-image mosaic of ``benchmarks/bench_scale.py``)::
 
@@ -11,7 +11,6 @@ held. Example (the 10,000-image mosaic of ``benchmarks/bench_scale.py``)::
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import resource
 import sys
@@ -33,7 +32,6 @@ def main(argv=None):
     parser.add_argument("--every", type=float, default=60.0, help="seconds between samples")
     args = parser.parse_args(argv)
     os.environ["STPIPE_DISABLE_CRDS_STEPPARS"] = "true"
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from skymatch_step import SkymatchStep
 
     start = time.perf_counter()
