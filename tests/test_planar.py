@@ -171,11 +171,13 @@ def test_many_random_pairs_select_the_same_pixels():
     # spherical-geometry computes the second crossing on the sub-arc left by
     # the first, in an order of its own, and the last bit decides how the
     # vertex rounds. The zero-area mismatch is a 2e-4 pixel^2 corner
-    # overlap that spherical-geometry misses.
-    res = _compare_random(2000, seed=13, stepsizes=(None, None, None, 100))
-    assert res["overlapping"] > 1000
-    assert len(res["zero_diff"]) <= 3, res["zero_diff"]
-    assert len(res["pixel_diff"]) <= 20, res["pixel_diff"]
+    # overlap that spherical-geometry misses. The first 600 of those pairs
+    # are checked here (468 overlapping, 2 differing by 15 and 84 pixels,
+    # none on overlap or not; 50 s instead of 4 to 5 minutes for 2000).
+    res = _compare_random(600, seed=13, stepsizes=(None, None, None, 100))
+    assert res["overlapping"] > 300
+    assert len(res["zero_diff"]) <= 1, res["zero_diff"]
+    assert len(res["pixel_diff"]) <= 6, res["pixel_diff"]
     assert np.median(res["rel_area"]) < 1e-5
 
 
