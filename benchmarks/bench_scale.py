@@ -26,6 +26,11 @@ hours to write on 2 busy cores)::
 
     python benchmarks/bench_scale.py --workdir /tmp/sdata --sizes 1000 3000 10000
 
+Writing the mosaics first, in two processes, then timing::
+
+    python benchmarks/bench_scale.py --workdir /tmp/sdata --sizes 1000 3000 10000 \\
+        --simulate-only --simulate-workers 2
+
 The same with a Dask scheduler for our step::
 
     python benchmarks/bench_scale.py --step-arg dask_scheduler=local --step-arg maximum_cores=2
@@ -498,7 +503,7 @@ def parse_step_args(items):
     return out
 
 
-def simulate(n, workdir):
+def simulate(n, workdir, workers=1):
     """Write (or find in ``workdir``) the sparse mosaic of ``n`` 128x128 images.
 
     Parameters
@@ -507,6 +512,8 @@ def simulate(n, workdir):
         Number of images (one per exposure, so one per sky group).
     workdir : pathlib.Path
         Cache directory; the mosaic goes to ``workdir / f"scale{n}"``.
+    workers : int
+        Processes writing the files (the same files for any number).
 
     Returns
     -------
@@ -526,6 +533,7 @@ def simulate(n, workdir):
             OVERLAP,
             workdir,
             columns=max(1, int(n**0.5 * 2)),
+            workers=workers,
         )
     finally:
         if previous is None:
@@ -549,7 +557,7 @@ def measure_sizes(args, sizes, repeats, workdir):
     step_args = json.dumps(parse_step_args(args.step_arg))
     rows = []
     for n in sizes:
-        asn = simulate(n, workdir)
+        asn = simulate(n, workdir, args.simulate_workers)
         contenders = _contenders(n, args)
         runs = {label: [] for label, _, _ in contenders}
         for k in range(repeats):
@@ -845,6 +853,15 @@ def main(argv=None):
     )
     parser.add_argument("--frames", type=int, default=60, help="tracemalloc stack depth")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat")
+    parser.add_argument(
+        "--simulate-workers",
+        type=int,
+        default=1,
+        help="processes writing a mosaic that is not cached yet (same files for any number)",
+    )
+    parser.add_argument(
+        "--simulate-only", action="store_true", help="only write (or find) the mosaics"
+    )
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -871,9 +888,15 @@ def main(argv=None):
         args.jwst_max = min(args.jwst_max, SMOKE_SIZES[0])
     command = "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:] if argv is None else argv)
     command = command.strip()
+    if args.simulate_only:
+        for n in sizes:
+            started = time.perf_counter()
+            asn = simulate(n, workdir, args.simulate_workers)
+            print(f"{asn} ({time.perf_counter() - started:.0f} s)", flush=True)
+        return 0
     if args.memory_profile:
         n = min(SMOKE_SIZES) if args.smoke else args.memory_profile
-        asn = simulate(n, workdir)
+        asn = simulate(n, workdir, args.simulate_workers)
         step_args = json.dumps(parse_step_args(args.step_arg))
         result = _spawn(
             ["memory", str(asn), step_args, str(args.frames)], cwd=asn.parent, timeout=args.timeout

@@ -139,7 +139,7 @@ def _spawn(which, asn, method, in_memory, cores):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _simulate(name, n_exp, ndet, size, overlap, workdir, columns=None, seed=1):
+def _simulate(name, n_exp, ndet, size, overlap, workdir, columns=None, seed=1, workers=1):
     from skymatch_step.simulate import MosaicSpec, write_mosaic
 
     target = workdir / name
@@ -156,7 +156,7 @@ def _simulate(name, n_exp, ndet, size, overlap, workdir, columns=None, seed=1):
         seed=seed,
     )
     t0 = time.perf_counter()
-    write_mosaic(spec, target, product_name=name)
+    write_mosaic(spec, target, product_name=name, workers=workers)
     print(
         f"  simulated {name}: {n_exp * ndet} images in {time.perf_counter() - t0:.0f} s", flush=True
     )

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from conftest import scale_shift_wcs
+from conftest import load_benchmark, scale_shift_wcs
 from skymatch_step.simulate import MosaicTruth, make_image_model
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_accuracy.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_accuracy", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_accuracy")
 
 
 def _truth(skies, exposures):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,15 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_benchmark
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_skymatch.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_skymatch", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_skymatch")
 
 
 def _run(seconds, peak=100.0, loaded=90.0):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from jwst.datamodels import ModelLibrary
+from stdatamodels.jwst import datamodels
 
 import skymatch_step
 from skymatch_step import SkymatchStep, demo, simulate
-from skymatch_step.simulate import MosaicSpec, make_gwcs, simulate_mosaic
+from skymatch_step.simulate import MosaicSpec, make_gwcs, simulate_mosaic, write_mosaic
 
 #: this source tree, for subprocesses
 _SOURCE = os.pathsep.join(
@@ -332,3 +334,28 @@ def test_simulate_command_diffuse_option(tmp_path, capsys):
         == 0
     )
     assert (tmp_path / "sim_asn.json").exists()
+
+
+def test_write_mosaic_in_two_processes_writes_the_same_files(tmp_path):
+    spec = MosaicSpec(n_exposures=5, detectors_per_exposure=1, shape=(64, 64), seed=4)
+    one = write_mosaic(spec, tmp_path / "one", product_name="m")
+    two = write_mosaic(spec, tmp_path / "two", product_name="m", workers=2)
+    assert [f.name for f in two.files] == [f.name for f in one.files]
+    assert all(f.exists() for f in two.files)
+    assert json.loads(two.asn_path.read_text()) == json.loads(one.asn_path.read_text())
+    assert two.sky == one.sky
+    assert two.exposure == one.exposure
+    assert two.masked_fraction == one.masked_fraction
+    for a, b in zip(one.files, two.files, strict=True):
+        with datamodels.open(a) as ma, datamodels.open(b) as mb:
+            np.testing.assert_array_equal(ma.data, mb.data)
+            np.testing.assert_array_equal(ma.dq, mb.dq)
+            assert ma.meta.wcs(10.0, 20.0) == mb.meta.wcs(10.0, 20.0)
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5])
+def test_write_mosaic_rejects_a_bad_number_of_workers(workers, tmp_path):
+    spec = MosaicSpec(n_exposures=2, detectors_per_exposure=1, shape=(32, 32))
+    with pytest.raises(ValueError, match="workers must be a positive integer"):
+        write_mosaic(spec, tmp_path, workers=workers)
+    assert not list(tmp_path.iterdir())

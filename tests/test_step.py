@@ -469,3 +469,33 @@ def test_on_disk_release_sweeps_garbage_that_was_frozen(monkeypatch):
                     break
             assert alive() is None, f"frozen garbage not collected (round {start})"
     assert gc.get_freeze_count() == 0
+
+
+def test_on_disk_run_validates_each_file_on_its_first_read_only(mosaic_on_disk, monkeypatch):
+    # The step reads an on-disk model for its WCS, its pixels and the
+    # write-back, and stpipe reads it once more to record the software
+    # version. Only the first read validates the file against its schemas;
+    # the others open files already validated in this run (the input, or
+    # the temporary copy the write-back saved and validated).
+    import asdf
+
+    from skymatch_step import step as step_module
+
+    opens = []
+    original = step_module._Library._datamodels_open
+
+    def recording_open(self, filename, **kwargs):
+        opens.append((Path(filename).name, asdf.get_config().validate_on_read))
+        return original(self, filename, **kwargs)
+
+    monkeypatch.setattr(step_module._Library, "_datamodels_open", recording_open)
+    library = SkymatchStep.call(str(mosaic_on_disk.asn_path), in_memory=False, maximum_cores="1")
+    names = [f.name for f in mosaic_on_disk.files]
+    # WCS pass (validated), pixel pass, write-back, stpipe's last pass.
+    assert opens == [(name, True) for name in names] + [(name, False) for name in names] * 3
+    assert asdf.get_config().validate_on_read  # restored after the run
+    with library:
+        model = library.borrow(0)
+        assert model.meta.cal_step.skymatch == "COMPLETE"
+        assert model.meta.calibration_software_version  # stpipe's last pass ran
+        library.shelve(model, 0, modify=False)

@@ -205,11 +205,13 @@ def reread():
     """Open, in this thread, files already read and validated in this run.
 
     The step reads each model up to three times (its WCS, its pixels, the
-    write-back). The first read validates the file against its schemas, as
-    `stdatamodels` always does; the later reads of the same unchanged file
-    skip that validation, which is about half the time of opening a small
-    model (asdf reloads the schemas for each file). asdf's configuration
-    is per thread, so other threads are unaffected.
+    write-back), and stpipe's last pass over a library the step created
+    reads it once more. The first read validates the file against its
+    schemas, as `stdatamodels` always does; the later reads (of the same
+    unchanged file, or of the temporary copy validated as the write-back
+    saved it) skip that validation, which is about half the time of
+    opening a small model (asdf reloads the schemas for each file). asdf's
+    configuration is per thread, so other threads are unaffected.
     """
     with asdf.config_context() as config:
         config.validate_on_read = False

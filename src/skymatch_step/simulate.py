@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -558,7 +560,7 @@ def make_image_model(data, wcs, *, dq=None, var=None, exposure=1, detector="nrca
     model.var_flat = np.zeros_like(var)
     model.err = np.sqrt(var)
     model.meta.wcs = wcs
-    model.meta.filename = filename or f"jw01234001001_01101_{exposure:05d}_{detector}_cal.fits"
+    model.meta.filename = filename or _file_name(exposure, detector)
     model.meta.bunit_data = "MJy/sr"
     model.meta.bunit_err = "MJy/sr"
     model.meta.telescope = "JWST"
@@ -679,28 +681,59 @@ def simulate_mosaic(spec):
     return models_out, truth
 
 
-def _models(spec, truth):
-    """Render the mosaic's models one at a time, recording their truth."""
+def _models(spec, truth, share=None):
+    """Render the mosaic's models one at a time, recording their truth.
+
+    ``share`` ``(part, parts)``: build only every ``parts``-th model from
+    ``part`` on (the others are rendered all the same, since rendering
+    draws from the one random sequence, but not built), for `write_mosaic`
+    to spread the writing over processes. The truth of every image is
+    recorded.
+    """
+    tiles, skies, masked = _record_truth(spec, truth)
+    rng = np.random.default_rng(spec.seed)
+    for k, (tile, sky, mask) in enumerate(zip(tiles, skies, masked, strict=True)):
+        wcs, data, dq, var = _render(spec, truth.scene, tile, rng, sky, mask)
+        if share is not None and k % share[1] != share[0]:
+            continue
+        yield make_image_model(
+            data, wcs, dq=dq, var=var, exposure=tile.exposure, detector=tile.detector
+        )
+
+
+def _record_truth(spec, truth):
+    """Fill ``truth`` with the scene and each image's sky, without rendering.
+
+    Returns the tiles, their sky levels and whether each has the masked
+    region, in the order the images are rendered.
+    """
     tiles, scene = _tiles_and_scene(spec)
     skies = _tile_skies(spec, tiles)
     masked = _masked_tiles(spec, len(tiles))
-    rng = np.random.default_rng(spec.seed)
     truth.scene = scene
     for tile, sky, mask in zip(tiles, skies, masked, strict=True):
-        wcs, data, dq, var = _render(spec, scene, tile, rng, sky, mask)
-        model = make_image_model(
-            data, wcs, dq=dq, var=var, exposure=tile.exposure, detector=tile.detector
-        )
-        name = model.meta.filename
+        name = _file_name(tile.exposure, tile.detector)
         truth.sky[name] = sky
         truth.exposure[name] = tile.exposure
         truth.masked_fraction[name] = (
             float(_mask_region(spec.masked_region, spec.shape).mean()) if mask else 0.0
         )
-        yield model
+    return tiles, skies, masked
 
 
-def write_mosaic(spec, directory, *, product_name="sim"):
+def _file_name(exposure, detector):
+    """Default file name of the image of ``exposure`` on ``detector``."""
+    return f"jw01234001001_01101_{exposure:05d}_{detector}_cal.fits"
+
+
+def _write_share(spec, directory, share):
+    """Write the files of one share of the mosaic (see `write_mosaic`)."""
+    for model in _models(spec, MosaicTruth(), share):
+        model.save(Path(directory) / model.meta.filename)
+        model.close()
+
+
+def write_mosaic(spec, directory, *, product_name="sim", workers=1):
     """Simulate a mosaic and write its ``_cal.fits`` files and association.
 
     Parameters
@@ -711,21 +744,36 @@ def write_mosaic(spec, directory, *, product_name="sim"):
         Output directory (created if needed).
     product_name : str, optional
         Level-3 product name; the association is ``<product_name>_asn.json``.
+    workers : int, optional
+        Processes writing the files (each renders every image, since the
+        images share one random sequence, and builds and saves its share).
+        The files are the same for any number. The association is written
+        last, once every file is.
 
     Returns
     -------
     MosaicTruth
         File paths, association path and the true sky of each image.
     """
+    if int(workers) != workers or workers < 1:
+        raise ValueError(f"workers must be a positive integer, not {workers!r}.")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     truth = MosaicTruth()
-    # Render and write one image at a time: memory stays at one image.
-    for model in _models(spec, truth):
-        path = directory / model.meta.filename
-        model.save(path)
-        model.close()
-        truth.files.append(path)
+    if workers == 1:
+        # Render and write one image at a time: memory stays at one image.
+        for model in _models(spec, truth):
+            path = directory / model.meta.filename
+            model.save(path)
+            model.close()
+            truth.files.append(path)
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            shares = [(part, workers) for part in range(workers)]
+            list(pool.map(_write_share, [spec] * workers, [directory] * workers, shares))
+        _record_truth(spec, truth)
+        truth.files = [directory / name for name in truth.sky]
     truth.asn_path = write_association(
         truth.files, directory / f"{product_name}_asn.json", product_name=product_name
     )

@@ -419,6 +419,17 @@ class _Library(ModelLibrary):
             view = self.__dict__["_asn_view"] = super().asn
         return view
 
+    def finalize_result(self, step, reference_files_used):
+        """Run stpipe's last pass over the models (metadata, logs), re-reading quietly.
+
+        An on-disk library's models are, by then, the temporary files this
+        step wrote (validated as they were saved) or inputs it read and
+        validated, so they are opened without validating them again
+        (`_members.reread`).
+        """
+        with reread():
+            super().finalize_result(step, reference_files_used)
+
     def _filename_to_group_id(self, filename):
         # Members without a group_id in the association are read when the
         # library is created; a file that cannot be read is named.
