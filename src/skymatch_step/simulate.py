@@ -727,7 +727,7 @@ def _file_name(exposure, detector):
 
 
 def _write_share(spec, directory, share):
-    """Write the files of one share of the mosaic (see `write_mosaic`)."""
+    """Write the files of one share of the mosaic (all with ``share=None``; see `_models`)."""
     for model in _models(spec, MosaicTruth(), share):
         model.save(Path(directory) / model.meta.filename)
         model.close()
@@ -759,21 +759,17 @@ def write_mosaic(spec, directory, *, product_name="sim", workers=1):
         raise ValueError(f"workers must be a positive integer, not {workers!r}.")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    truth = MosaicTruth()
     if workers == 1:
         # Render and write one image at a time: memory stays at one image.
-        for model in _models(spec, truth):
-            path = directory / model.meta.filename
-            model.save(path)
-            model.close()
-            truth.files.append(path)
+        _write_share(spec, directory, None)
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             shares = [(part, workers) for part in range(workers)]
             list(pool.map(_write_share, [spec] * workers, [directory] * workers, shares))
-        _record_truth(spec, truth)
-        truth.files = [directory / name for name in truth.sky]
+    truth = MosaicTruth()
+    _record_truth(spec, truth)
+    truth.files = [directory / name for name in truth.sky]
     truth.asn_path = write_association(
         truth.files, directory / f"{product_name}_asn.json", product_name=product_name
     )
