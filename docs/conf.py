@@ -4,7 +4,7 @@ from importlib.metadata import version as _version
 
 project = "skymatch_step"
 author = "skymatch_step developers"
-copyright = "2026, skymatch_step developers"  # noqa: A001
+copyright = "2026, skymatch_step developers"
 release = _version("skymatch-step")
 version = ".".join(release.split(".")[:2])
 
@@ -29,7 +29,11 @@ nitpicky = True
 nitpick_ignore_regex = [
     ("py:.*", r"(numpy|np|astropy|gwcs|stpipe|stdatamodels|jwst|spherical_geometry|configobj)\..*"),
     ("py:.*", r"(ndarray|SphericalPolygon|ImageModel|ModelLibrary|ModelContainer|DataModel)"),
-    ("py:.*", r"(array-like|callable|optional|object|tuple of .*|list of .*|sequence of .*|iterable of .*)"),
+    (
+        "py:.*",
+        r"(array-like|callable|optional|object"
+        r"|tuple of .*|list of .*|sequence of .*|iterable of .*)",
+    ),
     ("py:.*", r"(int|float|str|bool|dict|list|tuple|None|Path|pathlib\.Path|Any|Callable)"),
     ("py:.*", r"(Cap|OverlapRegion|collections\.abc\..*|typing\..*|Sequence)"),
     ("py:obj", r"(True|False|None)"),
