@@ -82,3 +82,48 @@ def test_cap_index_matches_brute_force():
     truth = {(i, j) for i in range(n) for j in range(i + 1, n) if touch[i, j]}
     assert found == truth
     assert len(index) == n
+
+
+def test_overlap_regions_convert_all_polygons_in_one_call():
+    # An image's overlap polygons with all its neighbours go through its
+    # inverse transform in one call; every vertex gets the pixel position
+    # a call of its own gives (distorted WCSs, rotated images, 8 neighbours).
+    from skymatch_step._overlaps import PairIntersector, overlap_regions
+    from skymatch_step.simulate import make_gwcs
+
+    shape = (60, 80)
+    scale = 0.031 / 3600.0
+    wcss = []
+    for k, (i, j) in enumerate((i, j) for i in range(3) for j in range(3)):
+        ra = 10.0 + (j - 1) * 60 * scale / np.cos(np.deg2rad(-30.0))
+        dec = -30.0 + (i - 1) * 40 * scale
+        wcss.append(make_gwcs(shape, ra, dec, 0.5 * k, distortion=2e-6))
+    with PairIntersector(1) as intersector:
+        for k, w in enumerate(wcss):
+            intersector.add(image_footprint(shape, w.forward_transform), k)
+        pairs, overlaps = intersector.results([f"im{k}" for k in range(9)])
+    centre = 4
+    neighbours = sorted({j for p in pairs for j in p if centre in p} - {centre})
+    assert len(neighbours) == 8
+    backward = wcss[centre].backward_transform
+    calls = []
+
+    def inverse(ra, dec):
+        calls.append(len(ra))
+        return backward(ra, dec)
+
+    regions = overlap_regions(centre, neighbours, overlaps, inverse, list(range(9)))
+    assert sorted(regions) == neighbours
+    vertices = 0
+    for j in neighbours:
+        pair = overlaps[(min(centre, j), max(centre, j))]
+        area, pieces = pair.first if centre < j else pair.second
+        assert area > 0
+        assert regions[j].area == area
+        assert len(regions[j].polygons) == len(pieces)
+        for (x, y), (ra, dec) in zip(regions[j].polygons, pieces, strict=True):
+            want_x, want_y = backward(ra, dec)
+            np.testing.assert_array_equal(x, want_x)
+            np.testing.assert_array_equal(y, want_y)
+            vertices += len(ra)
+    assert calls == [vertices]

@@ -348,6 +348,8 @@ def overlap_regions(index, neighbours, pair_overlaps, inverse, groups):
         the polygons in this image's pixel coordinates.
     """
     regions = {}
+    owners = []  # the region of every polygon, in order
+    sky = []
     for j in neighbours:
         if index < j:
             area, pieces = pair_overlaps[(index, j)].first
@@ -357,9 +359,19 @@ def overlap_regions(index, neighbours, pair_overlaps, inverse, groups):
         if area == 0.0:
             continue
         region.area += area
-        for ra, dec in pieces:
-            x, y = inverse(ra, dec)
-            region.polygons.append((np.asarray(x, float), np.asarray(y, float)))
+        owners.extend([region] * len(pieces))
+        sky.extend(pieces)
+    if not sky:
+        return regions
+    # One call of the transform for all the vertices: its cost is mostly
+    # per call (the transforms work value by value, so the numbers are
+    # those of separate calls).
+    ends = np.cumsum([len(ra) for ra, _ in sky])[:-1]
+    x, y = inverse(np.concatenate([ra for ra, _ in sky]), np.concatenate([dec for _, dec in sky]))
+    x = np.split(np.asarray(x, float), ends)
+    y = np.split(np.asarray(y, float), ends)
+    for region, px, py in zip(owners, x, y, strict=True):
+        region.polygons.append((px, py))
     return regions
 
 

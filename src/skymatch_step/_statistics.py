@@ -264,7 +264,55 @@ def _bound(s, limit, side):
 class _Moments:
     """Count, mean, std and range of the values within clipping limits."""
 
-    __slots__ = ("hi32", "i", "j", "lo32", "max", "mean", "min", "n", "reused", "std")
+    __slots__ = ("hi32", "i", "j", "lo32", "max", "mean", "min", "n", "reused", "std", "sum")
+
+
+#: Values per block of the squared deviations: the block and its
+#: temporaries stay in the processor's cache instead of making three
+#: passes over an image-sized array.
+_BLOCK = 1 << 17
+
+
+def _slice_sum(s, m, prev):
+    """Double sum of ``s[m.i:m.j]``, from the previous slice's when it is close.
+
+    The clipping limits usually move by a few values between iterations:
+    adding and removing those few is much cheaper than a new sum. Either
+    way it is a sum in double precision, as ``computeMean``'s (the order
+    of the additions differs, and so may the last bits of the double,
+    never the float32 mean in practice).
+    """
+    if prev is None or prev.n == 0:
+        return float(np.sum(s[m.i : m.j], dtype=np.float64))
+    if abs(m.i - prev.i) + abs(m.j - prev.j) > m.n // 4:
+        return float(np.sum(s[m.i : m.j], dtype=np.float64))
+    total = prev.sum
+    if m.i > prev.i:
+        total -= float(np.sum(s[prev.i : m.i], dtype=np.float64))
+    elif m.i < prev.i:
+        total += float(np.sum(s[m.i : prev.i], dtype=np.float64))
+    if m.j < prev.j:
+        total -= float(np.sum(s[m.j : prev.j], dtype=np.float64))
+    elif m.j > prev.j:
+        total += float(np.sum(s[prev.j : m.j], dtype=np.float64))
+    return total
+
+
+def _squared_deviations(good, mean, block):
+    """Double sum of the float32 squares of the float32 ``good - mean``.
+
+    As ``computeMean`` computes each term (float32 difference, float32
+    square); the terms are summed block by block in ``block`` (float32).
+    """
+    total = 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        for first in range(0, good.size, block.size):
+            chunk = good[first : first + block.size]
+            d = block[: chunk.size]
+            np.subtract(chunk, mean, out=d)
+            np.multiply(d, d, out=d)
+            total += float(np.add.reduce(d, dtype=np.float64))
+    return total
 
 
 def _clipped_moments(s, lo, hi, prev=None, *, need_std=True, scratch=None):
@@ -273,8 +321,9 @@ def _clipped_moments(s, lo, hi, prev=None, *, need_std=True, scratch=None):
     Follows ``computeMean`` of stsci.imagestats (float32 limits, double
     sums, float32 results). The values inside the limits are the slice
     ``s[i:j]``; when it is the previous iteration's (``prev``), its
-    moments are reused. ``scratch`` (float32, at least as long as ``s``)
-    holds the squared deviations. Without ``need_std`` the standard
+    moments are reused, and when it is close, its sum is updated from
+    the previous one. ``scratch`` (float32, any length) holds the squared
+    deviations block by block. Without ``need_std`` the standard
     deviation is not computed (NaN). Overflow is silent here: a limit
     beyond the float32 range is no limit, and a standard deviation that
     overflows is infinite (the caller reports it).
@@ -286,30 +335,38 @@ def _clipped_moments(s, lo, hi, prev=None, *, need_std=True, scratch=None):
     m.i, m.j = _span(s, m.lo32, m.hi32)
     m.reused = False
     if prev is not None and (prev.i, prev.j) == (m.i, m.j):
-        for name in ("n", "mean", "std", "min", "max"):
+        for name in ("n", "mean", "std", "min", "max", "sum"):
             setattr(m, name, getattr(prev, name))
         m.reused = True
         return m
     m.n = max(0, m.j - m.i)
+    m.sum = 0.0
     if m.n == 0:
         m.mean = m.std = m.min = m.max = 0.0
         return m
     good = s[m.i : m.j]
     m.min = good[0]
     m.max = good[-1]
+    m.sum = _slice_sum(s, m, prev)
     with np.errstate(over="ignore"):
-        mean = np.float32(np.sum(good, dtype=np.float64) / m.n)
+        mean = np.float32(m.sum / m.n)
     m.std = float("nan")
     if m.n > 1 and need_std:
-        # Squares of differences above ~1.8e19 overflow float32 (as in
-        # computeMean): the standard deviation is then infinite.
-        d = np.empty(m.n, dtype=np.float32) if scratch is None else scratch[: m.n]
-        with np.errstate(over="ignore", invalid="ignore"):
-            np.subtract(good, mean, out=d)
-            np.multiply(d, d, out=d)
-            m.std = float(np.float32(np.sqrt(np.sum(d, dtype=np.float64) / (m.n - 1))))
+        m.std = _std(good, mean, scratch)
     m.mean = float(mean)
     return m
+
+
+def _std(good, mean, scratch):
+    """Float32 standard deviation of ``good`` about ``mean``, as ``computeMean``.
+
+    Squares of differences above ~1.8e19 overflow float32 (as in
+    computeMean): the standard deviation is then infinite.
+    """
+    block = np.empty(min(good.size, _BLOCK), dtype=np.float32) if scratch is None else scratch
+    total = _squared_deviations(good, mean, block)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return float(np.float32(np.sqrt(total / (good.size - 1))))
 
 
 def _range(m, first):
@@ -393,7 +450,7 @@ def compute(values, settings):
         # The last iteration's standard deviation only sets the bin width.
         need_std = it < settings.nclip or histogram
         if need_std and scratch is None and s.size > 1:
-            scratch = np.empty(s.size, dtype=np.float32)
+            scratch = np.empty(min(s.size, _BLOCK), dtype=np.float32)
         moments = _clipped_moments(s, clipmin, clipmax, moments, need_std=need_std, scratch=scratch)
         if moments.n <= 0:
             raise StatsError("no pixel values left inside the clipping limits")
