@@ -277,25 +277,40 @@ def _slice_sum(s, m, prev):
     """Double sum of ``s[m.i:m.j]``, from the previous slice's when it is close.
 
     The clipping limits usually move by a few values between iterations:
-    adding and removing those few is much cheaper than a new sum. Either
-    way it is a sum in double precision, as ``computeMean``'s (the order
-    of the additions differs, and so may the last bits of the double,
-    never the float32 mean in practice).
+    adding and removing those few is much cheaper than a new sum. It is
+    done only when few values change and the previous slice's values are
+    no larger than this one's (then the update's rounding is that of a new
+    sum; after outliers far from the sky leave, subtracting them would
+    not be). Either way it is a sum in double precision, as
+    ``computeMean``'s (the order of the additions differs, and so may the
+    last bits of the double, never the float32 mean in practice).
     """
-    if prev is None or prev.n == 0:
+    close = (
+        prev is not None
+        and prev.n > 0
+        and abs(m.i - prev.i) + abs(m.j - prev.j) <= m.n // 4
+        and _magnitude(prev) <= 2.0 * _magnitude(m)
+    )
+    if not close:
         return float(np.sum(s[m.i : m.j], dtype=np.float64))
-    if abs(m.i - prev.i) + abs(m.j - prev.j) > m.n // 4:
-        return float(np.sum(s[m.i : m.j], dtype=np.float64))
-    total = prev.sum
-    if m.i > prev.i:
-        total -= float(np.sum(s[prev.i : m.i], dtype=np.float64))
-    elif m.i < prev.i:
-        total += float(np.sum(s[m.i : prev.i], dtype=np.float64))
-    if m.j < prev.j:
-        total -= float(np.sum(s[m.j : prev.j], dtype=np.float64))
-    elif m.j > prev.j:
-        total += float(np.sum(s[prev.j : m.j], dtype=np.float64))
-    return total
+    return _updated_sum(s, m, prev)
+
+
+def _magnitude(m):
+    """Largest absolute value of a slice, from its range."""
+    return max(abs(float(m.min)), abs(float(m.max)))
+
+
+def _updated_sum(s, m, prev):
+    """Sum of ``s[m.i:m.j]``: ``prev.sum`` plus the values joining, minus those leaving."""
+    return prev.sum + _signed_sum(s, m.i, prev.i) + _signed_sum(s, prev.j, m.j)
+
+
+def _signed_sum(s, a, b):
+    """Double sum of ``s[a:b]`` when ``a <= b``, minus that of ``s[b:a]`` otherwise."""
+    if a <= b:
+        return float(np.sum(s[a:b], dtype=np.float64))
+    return -float(np.sum(s[b:a], dtype=np.float64))
 
 
 def _squared_deviations(good, mean, block):
