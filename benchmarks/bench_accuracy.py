@@ -130,26 +130,11 @@ def _run_step(which, models, kwargs):
 
 def _engine_inputs(models):
     """Describe the models to the engine as the step does (DQ: ~DO_NOT_USE)."""
-    from skymatch_step import ImageInput
-    from skymatch_step._members import good_pixels as _good_pixels
-    from skymatch_step._members import wcs_callables as _wcs_callables
-    from skymatch_step.step import _parse_dqbits
+    from skymatch_step import model_input
 
-    dqbits = _parse_dqbits("~DO_NOT_USE+NON_SCIENCE")
-    inputs = []
-    for model in models:
-        forward, inverse = _wcs_callables(model.meta.wcs)
-        inputs.append(
-            ImageInput.from_arrays(
-                model.data,
-                _good_pixels(model, dqbits),
-                forward,
-                inverse,
-                id=model.meta.filename,
-                group=int(model.meta.observation.exposure_number),
-            )
-        )
-    return inputs
+    return [
+        model_input(model, group=int(model.meta.observation.exposure_number)) for model in models
+    ]
 
 
 def _run_engine(models, compare):
@@ -177,15 +162,14 @@ def _noise_floor(models, result, *, shared=False):
     the floor is ``sqrt(mean(diag))``. With ``shared``, also the floor
     that counts the pixels several pairs reuse (`_pair_covariance`).
     """
-    from skymatch_step._members import good_pixels as _good_pixels
-    from skymatch_step.step import _parse_dqbits
+    from skymatch_step import model_input
 
-    dqbits = _parse_dqbits("~DO_NOT_USE+NON_SCIENCE")
     ngroups = len(result.group_labels)
     err2_sum = np.zeros(ngroups)
     err2_n = np.zeros(ngroups)
     for model, g in zip(models, result.groups, strict=True):
-        good = _good_pixels(model, dqbits) & np.isfinite(model.err)
+        with model_input(model).pixels() as (_, usable):
+            good = usable & np.isfinite(model.err)
         err = np.asarray(model.err, dtype=float)[good]
         err2_sum[g] += np.sum(err**2)
         err2_n[g] += err.size

@@ -5,7 +5,7 @@ footprints (simulated gwcs WCSs with rotation and distortion; corners only,
 or vertices every ``--stepsize`` pixels along the edges), then intersects
 each pair with spherical-geometry (``SphericalPolygon.intersection``, what
 jwst uses), with `skymatch_step._planar.intersect_footprints` (the bare
-planar clip) and with ``skymatch_step._overlaps._intersect_pair`` (what the
+planar clip) and with ``skymatch_step.engine.intersect_pair`` (what the
 step uses: the planar clip when it provably selects spherical-geometry's
 pixels, spherical-geometry otherwise), alternating them ``--repeats`` times.
 Reports the median time per pair of each, and the fraction of pairs the
@@ -24,7 +24,7 @@ four, undistorted tiles of one pixel grid shifted by whole or half pixels
 (edges on pixel borders; touching, shared-edge and identical footprints).
 Each pair's overlap pixels are selected as the step selects them
 (``overlap_regions`` then ``region_mask``, in both images' pixel grids) from
-``_intersect_pair`` and from spherical-geometry; prints the number of pairs
+``intersect_pair`` and from spherical-geometry; prints the number of pairs
 whose pixels differ (and whether the overlap is empty), and the fallback
 rate.
 
@@ -50,16 +50,31 @@ import numpy as np
 from astropy.modeling import models
 
 from skymatch_step import simulate
-from skymatch_step._footprints import bounding_cap, image_footprint
-from skymatch_step._overlaps import (
-    PairOverlap,
-    _intersect_pair,
-    _intersection,
-    candidate_pairs,
-    pair_pixels,
-)
+from skymatch_step._overlaps import PairOverlap, _intersection, overlap_regions, region_mask
 from skymatch_step._planar import PlanarGeometryError, exact_intersection, intersect_footprints
+from skymatch_step.engine import bounding_cap, candidate_pairs, image_footprint, intersect_pair
 from skymatch_step.simulate import MosaicSpec, make_gwcs
+
+
+def pair_pixels(overlap, images):
+    """Pixels each image of a pair selects in their overlap, as the step does.
+
+    ``overlap`` is a `PairOverlap` (from ``intersect_pair`` or
+    spherical-geometry); ``images`` two objects with ``shape`` and
+    ``inverse``. Returns, for each image, ``(area is zero, full-image
+    boolean mask)``.
+    """
+    out = []
+    for index, im in enumerate(images):
+        regions = overlap_regions(index, [1 - index], {(0, 1): overlap}, im.inverse, [0, 1])
+        region = regions[1 - index]
+        full = np.zeros(im.shape, dtype=bool)
+        if region.area != 0.0:
+            where, mask = region_mask(region.polygons, im.shape)
+            if where is not None:
+                full[where] = mask
+        out.append((region.area == 0.0, full))
+    return out
 
 
 def _cache_distortion_fits():
@@ -180,7 +195,7 @@ def parity(npairs, seed):
             counts["spherical-geometry failed"] += 1
             continue
         ref = PairOverlap(ref, ref)
-        got = _intersect_pair(a.footprint, b.footprint)
+        got = intersect_pair(a.footprint, b.footprint)
         reason = _fallback_reason(a.footprint, b.footprint)
         counts["pairs"] += 1
         counts[f"pairs {kind}"] += 1
@@ -226,7 +241,7 @@ def _report_times(pairs, repeats, label):
     funcs = {
         "spherical-geometry": _intersection,
         "planar clip": intersect_footprints,
-        "step (_intersect_pair)": _intersect_pair,
+        "step (intersect_pair)": intersect_pair,
     }
     times = {name: [] for name in funcs}
     for _ in range(repeats):

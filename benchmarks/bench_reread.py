@@ -2,7 +2,7 @@
 
 With ``in_memory=False`` the step opens each model again for its pixels
 and for the write-back; those re-reads skip asdf's schema validation
-(``skymatch_step._members.reread``), since the first read of the same file
+(``skymatch_step._library.reread``), since the first read of the same file
 validated it. This benchmark runs the step on an association both ways in
 this process, alternating, and reports the medians and their ratio; the
 levels of the two ways are compared too (they must be identical).
@@ -41,23 +41,22 @@ def main(argv=None):
     args = parser.parse_args(argv)
     os.environ["STPIPE_DISABLE_CRDS_STEPPARS"] = "true"
     logging.disable(logging.INFO)
-    from skymatch_step import SkymatchStep, _members
-    from skymatch_step import step as step_module
+    from skymatch_step import SkymatchStep, _library, _model_inputs
 
-    ways = {"validated again": contextlib.nullcontext, "not validated again": _members.reread}
+    ways = {"validated again": contextlib.nullcontext, "not validated again": _library.reread}
     times = {label: [] for label in ways}
     levels = {}
     try:
         for _ in range(args.repeats):
             for label, context in ways.items():
-                step_module.reread = _members.reread = context
+                _library.reread = _model_inputs.reread = context
                 t0 = time.perf_counter()
                 result = SkymatchStep.call(args.asn, in_memory=False, maximum_cores=args.cores)
                 times[label].append(time.perf_counter() - t0)
                 levels[label] = _levels(result)
                 print(f"{label}: {times[label][-1]:.1f} s", flush=True)
     finally:
-        step_module.reread = _members.reread = ways["not validated again"]
+        _library.reread = _model_inputs.reread = ways["not validated again"]
         logging.disable(logging.NOTSET)
     medians = {label: statistics.median(t) for label, t in times.items()}
     for label, value in medians.items():

@@ -261,8 +261,7 @@ def _unit_sizes(files):
     from jwst import datamodels
     from spherical_geometry.polygon import SphericalPolygon
 
-    from skymatch_step._footprints import bounding_cap, image_footprint
-    from skymatch_step._members import wcs_callables as _wcs_callables
+    from skymatch_step.engine import bounding_cap, image_footprint
 
     def wcs_of(path):
         with datamodels.open(path) as model:
@@ -272,7 +271,7 @@ def _unit_sizes(files):
         start = _traced()
         wcs, shape = wcs_of(path)
         wcs_bytes = _traced() - start
-        fwd, inv = _wcs_callables(wcs)
+        fwd, inv = wcs.forward_transform, wcs.backward_transform
         closure_extra = _traced() - start - wcs_bytes
         del wcs
         closures_alone = _traced() - start
@@ -308,10 +307,11 @@ def _run_memory(asn, step_args, nframes):
 
     os.environ["STPIPE_DISABLE_CRDS_STEPPARS"] = "true"
     logging.disable(logging.WARNING)
-    from skymatch_step import SkymatchStep, _methods
+    from skymatch_step import SkymatchStep, _engine
+    from skymatch_step import step as step_module
 
-    if not hasattr(_methods, "_measure_all"):
-        raise RuntimeError("skymatch_step._methods has no _measure_all: update the probe")
+    if not hasattr(_engine, "measure_all"):
+        raise RuntimeError("skymatch_step._engine has no measure_all: update the probe")
     probe = {}
 
     def measure_all(layout, *args, **kwargs):
@@ -322,20 +322,20 @@ def _run_memory(asn, step_args, nframes):
         probe["pairs"] = len(layout.pairs)
         raise _Stop
 
-    _methods._measure_all = measure_all
-    open_library = SkymatchStep._open_library
+    _engine.measure_all = measure_all
+    open_library = step_module.open_library
 
-    def traced_open_library(self, input_models):
+    def traced_open_library(self, input_models, **kwargs):
         # The association is read and validated untraced (very slow when
         # traced); tracing starts once the library exists.
-        library = open_library(self, input_models)
+        library = open_library(self, input_models, **kwargs)
         gc.collect()
         probe["rss_library_mb"] = _rss_mb()
         tracemalloc.start(nframes)
         probe["baseline"] = tracemalloc.take_snapshot()
         return library
 
-    SkymatchStep._open_library = traced_open_library
+    step_module.open_library = traced_open_library
     files = sorted(Path(asn).parent.glob("*_cal.fits"))
     # Load asdf's extensions and converters before tracing (slow when traced).
     from jwst import datamodels

@@ -116,7 +116,7 @@ def _run_one(which, asn, method, in_memory, cores):
         if which == "open":
             # The library class our step opens associations with (it caches
             # ``asn``, so it is faster than ModelLibrary for large N).
-            from skymatch_step.step import _Library as library_class
+            from skymatch_step._library import StepLibrary as library_class
         library = library_class(asn, on_disk=not in_memory)
         with library:
             for index in range(len(library)):

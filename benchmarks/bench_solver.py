@@ -69,7 +69,7 @@ def pinv_offsets(pairs, n):
 
 def run_case(solver, ngroups, repeats):
     """Run one case in this process; return its measurements as a dict."""
-    from skymatch_step._solver import solve_offsets
+    from skymatch_step.engine import solve_offsets
 
     func = pinv_offsets if solver == "old" else solve_offsets
     pairs = grid_pairs(ngroups)

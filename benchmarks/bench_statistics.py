@@ -24,8 +24,8 @@ def time_image(path, repeats, settings):
     """Median seconds of (mask, sort, statistic) for the image at ``path``."""
     from stdatamodels.jwst import datamodels
 
-    from skymatch_step._members import good_pixels
-    from skymatch_step._statistics import sorted_values
+    from skymatch_step._model_inputs import good_pixels
+    from skymatch_step.engine import sorted_values
 
     with datamodels.open(path) as model:
         _ = (model.data, model.dq)  # read the arrays before timing
@@ -53,7 +53,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5, help="rounds per image")
     args = parser.parse_args(argv)
 
-    from skymatch_step._statistics import SkyStatistics
+    from skymatch_step import SkyStatistics
 
     asn = Path(args.asn)
     members = json.loads(asn.read_text())["products"][0]["members"]

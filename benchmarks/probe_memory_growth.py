@@ -34,15 +34,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     os.environ["STPIPE_DISABLE_CRDS_STEPPARS"] = "true"
     logging.disable(logging.INFO)
-    from skymatch_step import SkymatchStep
-    from skymatch_step import step as step_module
+    from skymatch_step import SkymatchStep, _memory, _model_inputs, _writeback
 
     with open(args.asn) as f:
         n_images = len(json.load(f)["products"][0]["members"])
     marks = {n_images // 2, n_images, n_images + n_images // 2, 2 * n_images}
     records = []
     live = {}
-    release = step_module._release
+    release = _memory.release
 
     def probe(on_disk, *, settle=False):
         release(on_disk, settle=settle)
@@ -55,13 +54,13 @@ def main(argv=None):
                 live[len(records)] = (len(gc.get_objects()), peak)
                 gc.freeze()
 
-    step_module._release = probe
+    _model_inputs.release = _writeback.release = probe
     try:
         t0 = time.perf_counter()
         SkymatchStep.call(args.asn, in_memory=False, maximum_cores=args.cores)
         elapsed = time.perf_counter() - t0
     finally:
-        step_module._release = release
+        _model_inputs.release = _writeback.release = release
         logging.disable(logging.NOTSET)
     n = len(records) // 2
     print(f"step: {elapsed:.1f} s for {n} images")

@@ -38,4 +38,7 @@ nitpick_ignore_regex = [
     ("py:.*", r"(Cap|OverlapRegion|collections\.abc\..*|typing\..*|Sequence)"),
     ("py:obj", r"(True|False|None)"),
     ("py:.*", r"skymatch_step\.(step|pipeline)\.(Step|Image3Pipeline|JwstStep)"),
+    # Bases of public classes: the standard library's, and private helpers.
+    ("py:class", r"abc\.ABC"),
+    ("py:class", r"skymatch_step\._\w+\._\w+"),
 ]

@@ -15,7 +15,6 @@ from conftest import TABLE1_POS, TABLE1_SKY, scale_shift_wcs
 from skymatch_step import ImageInput, SkymatchError, SkyResult, match
 from skymatch_step._diagnostics import (
     _centre,
-    _tangent_plane,
     build_figure,
     check_diagnostics_prefix,
     diagnostics_paths,
@@ -25,6 +24,7 @@ from skymatch_step._diagnostics import (
 )
 from skymatch_step._footprints import image_footprint
 from skymatch_step._pairs import PairRecord
+from skymatch_step._plot import _tangent_plane
 from skymatch_step.exceptions import MissingDependencyError
 
 NAN = float("nan")

@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 
 from conftest import TABLE1_POS, TABLE1_SKY, scale_shift_wcs
+from engine_helpers import collector as make_collector
+from engine_helpers import pair_difference
 from skymatch_step import ImageInput
 from skymatch_step._differences import (
-    DifferenceCollector,
     DifferencesAborted,
     PairDifference,
     _PositionMap,
     clipped_median,
-    pair_difference,
 )
 from skymatch_step._footprints import image_footprint
-from skymatch_step._overlaps import PairIntersector, PairOverlap, region_mask
+from skymatch_step._overlaps import PairOverlap, intersect_footprints, region_mask
 from skymatch_step.simulate import make_gwcs
 
 # Sky gradient in tangent-plane pixels, strong enough that statistics taken
@@ -47,19 +47,18 @@ def _geometry(images):
     """Group indices, pairs and overlaps, as the engine finds them."""
     labels = {}
     groups = []
-    with PairIntersector(1) as intersector:
-        for k, im in enumerate(images):
-            key = ("own", k) if im.group is None else im.group
-            groups.append(labels.setdefault(key, len(labels)))
-            intersector.add(image_footprint(im.shape, im.forward), groups[k])
-        pairs, overlaps = intersector.results([str(im.id) for im in images])
+    for k, im in enumerate(images):
+        key = ("own", k) if im.group is None else im.group
+        groups.append(labels.setdefault(key, len(labels)))
+    footprints = [image_footprint(im.shape, im.forward) for im in images]
+    pairs, overlaps = intersect_footprints(footprints, groups, [str(im.id) for im in images])
     return groups, pairs, overlaps
 
 
 def _collector(images, **options):
     groups, pairs, overlaps = _geometry(images)
     names = [str(im.id) for im in images]
-    return DifferenceCollector(images, pairs, overlaps, groups, names=names, **options)
+    return make_collector(images, pairs, overlaps, groups, names=names, **options)
 
 
 def _visit(collector, images, k):
@@ -70,7 +69,7 @@ def _visit(collector, images, k):
 def _run(images, workers=1, geometry=None, **options):
     groups, pairs, overlaps = _geometry(images) if geometry is None else geometry
     names = [str(im.id) for im in images]
-    collector = DifferenceCollector(images, pairs, overlaps, groups, names=names, **options)
+    collector = make_collector(images, pairs, overlaps, groups, names=names, **options)
     if workers == 1:
         for k in range(len(images)):
             _visit(collector, images, k)
@@ -349,11 +348,11 @@ def test_visit_twice_and_bad_pairs_are_errors():
         _visit(collector, images, 0)
     groups, pairs, overlaps = _geometry(images)
     with pytest.raises(ValueError, match="both in group 0"):
-        DifferenceCollector(images, pairs, overlaps, [0, 0])
+        make_collector(images, pairs, overlaps, [0, 0])
     with pytest.raises(ValueError, match="is not \\(i, j\\)"):
-        DifferenceCollector(images, [(1, 0)], overlaps, groups)
+        make_collector(images, [(1, 0)], overlaps, groups)
     with pytest.raises(ValueError, match="nclip must be a non-negative integer"):
-        DifferenceCollector(images, pairs, overlaps, groups, nclip=-1)
+        make_collector(images, pairs, overlaps, groups, nclip=-1)
 
 
 def test_pending_samples_are_freed_when_used():
@@ -396,7 +395,7 @@ def test_pair_with_zero_overlap_area_is_omitted():
     shape = (10, 10)
     images = [_image((0.0, 0.0), np.ones(shape)), _image((50.0, 0.0), np.ones(shape))]
     empty = PairOverlap((0.0, []), (0.0, []))
-    collector = DifferenceCollector(images, [(0, 1)], {(0, 1): empty}, [0, 1])
+    collector = make_collector(images, [(0, 1)], {(0, 1): empty}, [0, 1])
     for k in range(2):
         _visit(collector, images, k)
     assert collector.results() == []

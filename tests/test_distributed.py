@@ -10,7 +10,7 @@ import pytest
 
 from conftest import constant_model, library_results
 from skymatch_step import SkymatchStep
-from skymatch_step._distributed import check_scheduler
+from skymatch_step._runners import check_scheduler
 from skymatch_step.exceptions import MissingDependencyError
 
 distributed = pytest.importorskip("distributed")
@@ -160,9 +160,9 @@ def test_check_scheduler_rejects(value):
 
 
 def test_unreachable_scheduler_is_a_clear_error(mosaic_on_disk, monkeypatch):
-    from skymatch_step import _distributed
+    from skymatch_step import _runners
 
-    monkeypatch.setattr(_distributed, "_CONNECT_TIMEOUT", "1s")
+    monkeypatch.setattr(_runners, "_CONNECT_TIMEOUT", "1s")
     with pytest.raises(OSError, match=r"Cannot reach the Dask scheduler 'tcp://127\.0\.0\.1:9'"):
         SkymatchStep.call(str(mosaic_on_disk.asn_path), dask_scheduler="tcp://127.0.0.1:9")
 
@@ -176,9 +176,9 @@ def test_missing_dask_names_the_extra(mosaic_on_disk, monkeypatch):
 
 
 def test_scheduler_without_workers_is_a_clear_error(mosaic_on_disk, monkeypatch):
-    from skymatch_step import _distributed
+    from skymatch_step import _runners
 
-    monkeypatch.setattr(_distributed, "_CONNECT_TIMEOUT", "1s")
+    monkeypatch.setattr(_runners, "_CONNECT_TIMEOUT", "1s")
     with (
         distributed.LocalCluster(n_workers=0, dashboard_address=None) as empty,
         pytest.raises(OSError, match=r"has no workers \(waited 1s\)"),

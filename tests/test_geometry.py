@@ -88,7 +88,7 @@ def test_overlap_regions_convert_all_polygons_in_one_call():
     # An image's overlap polygons with all its neighbours go through its
     # inverse transform in one call; every vertex gets the pixel position
     # a call of its own gives (distorted WCSs, rotated images, 8 neighbours).
-    from skymatch_step._overlaps import PairIntersector, overlap_regions
+    from skymatch_step._overlaps import intersect_footprints, overlap_regions
     from skymatch_step.simulate import make_gwcs
 
     shape = (60, 80)
@@ -98,10 +98,8 @@ def test_overlap_regions_convert_all_polygons_in_one_call():
         ra = 10.0 + (j - 1) * 60 * scale / np.cos(np.deg2rad(-30.0))
         dec = -30.0 + (i - 1) * 40 * scale
         wcss.append(make_gwcs(shape, ra, dec, 0.5 * k, distortion=2e-6))
-    with PairIntersector(1) as intersector:
-        for k, w in enumerate(wcss):
-            intersector.add(image_footprint(shape, w.forward_transform), k)
-        pairs, overlaps = intersector.results([f"im{k}" for k in range(9)])
+    footprints = [image_footprint(shape, w.forward_transform) for w in wcss]
+    pairs, overlaps = intersect_footprints(footprints, range(9), [f"im{k}" for k in range(9)])
     centre = 4
     neighbours = sorted({j for p in pairs for j in p if centre in p} - {centre})
     assert len(neighbours) == 8

@@ -64,7 +64,7 @@ def test_strun_on_association(mosaic_on_disk, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     # our INFO messages are shown under strun
-    assert "skymatch_step._methods - INFO - Sky method 'global+match'" in proc.stderr
+    assert "skymatch_step._engine - INFO - Sky method 'global+match'" in proc.stderr
     outputs = sorted(tmp_path.glob("data_asn_*_skymatchstep.fits")) or sorted(
         tmp_path.glob("*_skymatchstep.fits")
     )

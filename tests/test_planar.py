@@ -9,13 +9,13 @@ from spherical_geometry import great_circle_arc
 from spherical_geometry.polygon import SphericalPolygon
 from spherical_geometry.vector import lonlat_to_vector, normalize_vector
 
+from conftest import load_benchmark
 from skymatch_step import _overlaps
 from skymatch_step._footprints import image_footprint
 from skymatch_step._overlaps import (
     PairOverlap,
-    _intersect_pair,
     _intersection,
-    pair_pixels,
+    intersect_pair,
     region_mask,
 )
 from skymatch_step._planar import (
@@ -482,7 +482,7 @@ def _fast_pair(rng, kind):
 
 
 def _spherical_pair(fp_i, fp_j):
-    """What `_intersect_pair` gives with spherical-geometry alone (jwst's method)."""
+    """What `intersect_pair` gives with spherical-geometry alone (jwst's method)."""
     try:
         both = _intersection(fp_i, fp_j)
     except Exception:  # jwst's fallbacks are compared elsewhere
@@ -491,7 +491,7 @@ def _spherical_pair(fp_i, fp_j):
 
 
 def _compare_wired(npairs, seed, kinds):
-    """Pixel parity of `_intersect_pair` with spherical-geometry on random pairs."""
+    """Pixel parity of `intersect_pair` with spherical-geometry on random pairs."""
     rng = np.random.default_rng(seed)
     res = {"pairs": 0, "planar": 0, "overlapping": 0, "differ": []}
     for k in range(npairs):
@@ -505,9 +505,9 @@ def _compare_wired(npairs, seed, kinds):
             res["planar"] += 1
         except PlanarGeometryError:
             pass
-        got = _intersect_pair(a.footprint, b.footprint)
-        want = pair_pixels(ref, (a, b))
-        have = pair_pixels(got, (a, b))
+        got = intersect_pair(a.footprint, b.footprint)
+        want = _pair_pixels(ref, (a, b))
+        have = _pair_pixels(got, (a, b))
         res["overlapping"] += not want[0][0]
         ndiff = sum(
             int((w[1] != h[1]).sum()) + (w[0] != h[0]) for w, h in zip(want, have, strict=True)
@@ -570,7 +570,7 @@ def test_degenerate_pairs_fall_back_to_spherical_geometry(shift, shape):
             exact_intersection(first.footprint, second.footprint)
         # spherical-geometry's own results vary from run to run in the
         # starting vertex and the last bits of the area (its graph is a set).
-        got = _intersect_pair(first.footprint, second.footprint)
+        got = intersect_pair(first.footprint, second.footprint)
         ref = _intersection(first.footprint, second.footprint)
         assert got.failed == ()
         assert (got.first[0] == 0.0) == (ref[0] == 0.0)
@@ -604,6 +604,11 @@ def test_malformed_spherical_intersection_keeps_jwsts_fallback(monkeypatch):
 
     monkeypatch.setattr(_overlaps, "_intersection", fail)
     a, b = _tile(0, 0), _tile(-40, 0)
-    got = _intersect_pair(a.footprint, b.footprint)
+    got = intersect_pair(a.footprint, b.footprint)
     assert got.failed == ("i", "j")
     assert got.first[0] == pytest.approx(abs(a.footprint.area()))
+
+
+def _pair_pixels(overlap, images):
+    """The pixels each image selects (the geometry benchmark's check)."""
+    return load_benchmark("bench_geometry").pair_pixels(overlap, images)

@@ -8,8 +8,10 @@ import logging
 import numpy as np
 
 from conftest import scale_shift_wcs
-from skymatch_step._methods import ImageInput, _read_layout, match
+from skymatch_step import ImageInput, match
+from skymatch_step._layout import read_layout
 from skymatch_step._progress import Progress
+from skymatch_step._runners import Runner
 
 
 def _inputs(n, *, source=False):
@@ -76,10 +78,22 @@ def test_engine_reports_every_pass(caplog):
 def test_images_with_a_source_are_kept_without_transforms():
     # On-disk inputs: once the footprint is known only it stays; the
     # pixel pass re-opens the image through its source.
-    layout = _read_layout(_inputs(3, source=True), None, 1, True, False)
+    layout = read_layout(
+        _inputs(3, source=True),
+        stepsize=None,
+        runner=Runner(),
+        intersect=True,
+        keep_transforms=False,
+    )
     assert all(im.forward is None and im.inverse is None for im in layout.images)
     assert len(layout.footprints) == 3
-    kept = _read_layout(_inputs(3, source=True), None, 1, True, True)
+    kept = read_layout(
+        _inputs(3, source=True),
+        stepsize=None,
+        runner=Runner(),
+        intersect=True,
+        keep_transforms=True,
+    )
     assert all(im.forward is not None for im in kept.images)
     plain = match(_inputs(4), skymethod="global+match")
     sourced = match(_inputs(4, source=True), skymethod="global+match")

@@ -70,7 +70,7 @@ def test_levels_are_logged_per_image(table1_models, caplog):
     table1_models[4].data[...] = np.nan
     with caplog.at_level(logging.INFO, logger="skymatch_step"):
         SkymatchStep.call(table1_models, skymethod="local")
-    lines = [r.getMessage() for r in caplog.records if r.name == "skymatch_step.step"]
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("skymatch_step")]
     for k, level in enumerate(TABLE1["local"]):
         name = f"img{k + 1:03d}_cal.fits"
         expected = f"{name}: no sky level (SKIPPED)" if k == 4 else f"{name}: sky level {level:.7g}"
@@ -83,7 +83,7 @@ def test_many_levels_are_summarized(caplog):
     models[3].data[...] = np.nan
     with caplog.at_level(logging.INFO, logger="skymatch_step"):
         SkymatchStep.call(models, skymethod="local")
-    lines = [r.getMessage() for r in caplog.records if r.name == "skymatch_step.step"]
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("skymatch_step")]
     assert not [line for line in lines if ": sky level " in line]
     kept = levels[:3] + levels[4:]
     summary = (
@@ -107,21 +107,23 @@ def _run_table1(maximum_cores):
 
 def _intersect_in_worker(workers):
     from skymatch_step._footprints import image_footprint
-    from skymatch_step._overlaps import PairIntersector
-    from skymatch_step.step import _wcs_callables
+    from skymatch_step._model_inputs import wcs_callables
+    from skymatch_step._overlaps import intersect_footprints
+    from skymatch_step._runners import ProcessRunner
 
     messages = []
     handler = logging.Handler()
     handler.emit = lambda record: messages.append(record.getMessage())
-    logger = logging.getLogger("skymatch_step._overlaps")
+    logger = logging.getLogger("skymatch_step._runners")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        with PairIntersector(workers) as intersector:
-            for k, pos in enumerate(TABLE1_POS):
-                forward, _ = _wcs_callables(constant_model(1.0, pos).meta.wcs)
-                intersector.add(image_footprint((40, 40), forward), k)
-            pairs, overlaps = intersector.results([str(k) for k in range(6)])
+        footprints = []
+        for pos in TABLE1_POS:
+            forward, _ = wcs_callables(constant_model(1.0, pos).meta.wcs)
+            footprints.append(image_footprint((40, 40), forward))
+        with ProcessRunner(workers) as runner:
+            pairs, overlaps = intersect_footprints(footprints, range(6), runner=runner)
     finally:
         logger.removeHandler(handler)
     areas = [overlaps[p].first[0] for p in pairs]
@@ -152,7 +154,7 @@ def test_pair_intersector_falls_back_in_a_daemonic_process():
 
 @pytest.mark.parametrize("value", ["none", "one", "None", " ONE "])
 def test_maximum_cores_none_means_one_process(value, table1_models):
-    from skymatch_step.step import _n_workers
+    from skymatch_step._runners import n_workers as _n_workers
 
     assert _n_workers(value) == 1
     result = SkymatchStep.call(table1_models, skymethod="match", maximum_cores=value)
@@ -252,7 +254,7 @@ def test_read_only_data_is_rejected_before_any_change(method, tmp_path):
 
 
 def test_integer_data_cannot_be_subtracted(table1_models):
-    from skymatch_step.step import _check_subtractable
+    from skymatch_step._model_inputs import check_subtractable as _check_subtractable
 
     model = table1_models[0]
     model._instance["data"] = model.data.astype(np.int32)
@@ -306,16 +308,17 @@ def test_failure_while_writing_back_restores_every_model(where, method, monkeypa
 def test_models_of_the_caller_are_restored_after_a_failure(in_pipeline, monkeypatch):
     # Run by a pipeline, the step does not copy a list of models: the
     # caller's models are changed, so they are restored after a failure.
-    from skymatch_step import step as step_module
+    from skymatch_step import _writeback
+    from skymatch_step._library import open_library
 
     models = _noisy_table1()
     before = [m.data.copy() for m in models]
     step = SkymatchStep(skymethod="local", subtract=True)
     if in_pipeline:
         monkeypatch.setattr(step, "parent", object())
-    library = step._open_library(models)
+    library = open_library(step, models, in_memory=step.in_memory)
     assert library.holds_callers_models is in_pipeline
-    real = step_module._update_model
+    real = _writeback._update_model
     calls = []
 
     def update_model(library, index, *args, **kwargs):
@@ -324,7 +327,7 @@ def test_models_of_the_caller_are_restored_after_a_failure(in_pipeline, monkeypa
             raise MemoryError("injected")
         return real(library, index, *args, **kwargs)
 
-    monkeypatch.setattr(step_module, "_update_model", update_model)
+    monkeypatch.setattr(_writeback, "_update_model", update_model)
     with pytest.raises(MemoryError, match="injected"):
         step.run(models)
     assert calls == [0, 1, 2]
@@ -338,7 +341,7 @@ def test_models_of_the_caller_are_restored_after_a_failure(in_pipeline, monkeypa
 def test_undo_restores_data_bit_for_bit(dtype, terms):
     from types import SimpleNamespace
 
-    from skymatch_step.step import _Undo
+    from skymatch_step._writeback import Undo as _Undo
 
     rng = np.random.default_rng(4)
     data = (rng.normal(0.2, 1.0, (50, 60)) * 10.0 ** rng.integers(-8, 8, (50, 60))).astype(dtype)

@@ -164,8 +164,10 @@ def test_on_disk_and_in_memory_agree(mosaic_on_disk):
 def test_created_library_reads_its_association_once(mosaic_on_disk):
     # The step's own library serves one read-only association view; its
     # content is that of jwst's ModelLibrary.
+    from skymatch_step._library import open_library
+
     step = SkymatchStep()
-    library = step._open_library(str(mosaic_on_disk.asn_path))
+    library = open_library(step, str(mosaic_on_disk.asn_path), in_memory=step.in_memory)
     assert isinstance(library, ModelLibrary)
     assert library.asn is library.asn
     reference = ModelLibrary(str(mosaic_on_disk.asn_path)).asn
@@ -185,8 +187,8 @@ def test_good_pixels_follow_astropy_bit_flags(dqbits, dtype):
 
     from astropy.nddata.bitmask import bitfield_to_boolean_mask
 
-    from skymatch_step._members import good_pixels as _good_pixels
-    from skymatch_step.step import _parse_dqbits
+    from skymatch_step._model_inputs import good_pixels as _good_pixels
+    from skymatch_step._model_inputs import parse_dqbits as _parse_dqbits
 
     rng = np.random.default_rng(3)
     info = np.iinfo(dtype)
@@ -383,6 +385,28 @@ def test_constant_model_helper():
     assert model.data.shape == (40, 40)
 
 
+#: The engine's modules: arrays, masks and WCS callables in, levels out.
+ENGINE_MODULES = (
+    "_engine",
+    "_options",
+    "_layout",
+    "_measure",
+    "_comparisons",
+    "_differences",
+    "_fit",
+    "_levels",
+    "_runners",
+    "_footprints",
+    "_overlaps",
+    "_planar",
+    "_raster",
+    "_statistics",
+    "_solver",
+    "_pairs",
+    "_progress",
+)
+
+
 def test_engine_imports_no_datamodels_or_oracles():
     import re
 
@@ -393,14 +417,7 @@ def test_engine_imports_no_datamodels_or_oracles():
     for path in src.glob("*.py"):
         names = imports.findall(path.read_text())
         assert not [n for n in names if n.startswith(("stcal", "stsci"))], path.name
-        if path.stem in (
-            "_methods",
-            "_footprints",
-            "_overlaps",
-            "_raster",
-            "_statistics",
-            "_solver",
-        ):
+        if path.stem in ENGINE_MODULES:
             assert not [n for n in names if "datamodels" in n or n.startswith("jwst")], path.name
 
 
@@ -414,14 +431,14 @@ def test_on_disk_run_frozen_objects_hold_no_released_wcs(mosaic_on_disk, monkeyp
 
     from astropy.modeling import Model
 
-    from skymatch_step import step as step_module
+    from skymatch_step import _memory, _model_inputs, _writeback
 
     trapped = []
-    release = step_module._release
+    release = _memory.release
 
     def release_and_check(on_disk, *, settle=False):
         release(on_disk, settle=settle)
-        if settle and step_module._FREEZING[0]:
+        if settle and _memory.FREEZING.active:
             gc.unfreeze()
             gc.set_debug(gc.DEBUG_SAVEALL)
             try:
@@ -433,7 +450,8 @@ def test_on_disk_run_frozen_objects_hold_no_released_wcs(mosaic_on_disk, monkeyp
                 gc.collect()
                 gc.freeze()
 
-    monkeypatch.setattr(step_module, "_release", release_and_check)
+    monkeypatch.setattr(_model_inputs, "release", release_and_check)
+    monkeypatch.setattr(_writeback, "release", release_and_check)
     SkymatchStep.call(str(mosaic_on_disk.asn_path), in_memory=False, maximum_cores="1")
     # one check per model in the WCS pass and one per model in the write-back
     assert len(trapped) == 16
@@ -443,28 +461,28 @@ def test_on_disk_run_frozen_objects_hold_no_released_wcs(mosaic_on_disk, monkeyp
 def test_on_disk_release_sweeps_garbage_that_was_frozen(monkeypatch):
     # An object frozen while alive and dropped later (as asdf drops the
     # oldest of the schema resolvers it keeps) is garbage the collector
-    # cannot see while frozen: _release must collect it within
+    # cannot see while frozen: release must collect it within
     # _SWEEP_EVERY settled models, however long the pass.
     import gc
     import weakref
 
-    from skymatch_step import step as step_module
+    from skymatch_step import _memory
 
     class Cyclic:
         pass
 
     if gc.get_freeze_count():
         pytest.skip("objects frozen by the test runner")
-    monkeypatch.setattr(step_module, "_SWEEP_EVERY", 5)
-    with step_module._quick_collections(True):
+    monkeypatch.setattr(_memory, "_SWEEP_EVERY", 5)
+    with _memory.quick_collections(True):
         for start in range(3):
             held = Cyclic()
             held.me = held
             alive = weakref.ref(held)
-            step_module._release(True, settle=True)  # frozen while alive
+            _memory.release(True, settle=True)  # frozen while alive
             del held
             for _ in range(4):
-                step_module._release(True, settle=True)
+                _memory.release(True, settle=True)
                 if alive() is None:
                     break
             assert alive() is None, f"frozen garbage not collected (round {start})"
@@ -479,16 +497,16 @@ def test_on_disk_run_validates_each_file_on_its_first_read_only(mosaic_on_disk, 
     # the temporary copy the write-back saved and validated).
     import asdf
 
-    from skymatch_step import step as step_module
+    from skymatch_step._library import StepLibrary
 
     opens = []
-    original = step_module._Library._datamodels_open
+    original = StepLibrary._datamodels_open
 
     def recording_open(self, filename, **kwargs):
         opens.append((Path(filename).name, asdf.get_config().validate_on_read))
         return original(self, filename, **kwargs)
 
-    monkeypatch.setattr(step_module._Library, "_datamodels_open", recording_open)
+    monkeypatch.setattr(StepLibrary, "_datamodels_open", recording_open)
     library = SkymatchStep.call(str(mosaic_on_disk.asn_path), in_memory=False, maximum_cores="1")
     names = [f.name for f in mosaic_on_disk.files]
     # WCS pass (validated), pixel pass, write-back, stpipe's last pass.

@@ -1,28 +1,33 @@
 """Sky background matching for JWST imaging mosaics, as an stpipe step.
 
 The step (`SkymatchStep`, also importable as `SkyMatchStep`), the Image3
-pipeline that uses it (`SkymatchImage3Pipeline`) and the engine entry
-point (`match`, which works on plain arrays and WCS callables).
+pipeline that uses it (`SkymatchImage3Pipeline`), and the engine, which
+works on plain arrays and WCS callables: `match`, its options
+(`MatchOptions`, `SkyStatistics`), its inputs (`ImageInput`, or
+`model_input` for a data model) and results (`SkyResult`, `PairRecord`),
+and where it runs (`Execution`).
 """
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-from ._methods import ImageInput, SkyResult, match
+from ._comparisons import Comparison, DifferencesComparison, StatisticsComparison
+from ._engine import ImageInput, SkyResult, match
+from ._model_inputs import model_input
+from ._options import MatchOptions
 from ._pairs import PairRecord
+from ._runners import Execution
 from ._statistics import SkyStatistics
+from ._version import __version__
 from .exceptions import GeometryError, MissingDependencyError, SkymatchError
 from .step import SkyMatchStep, SkymatchStep
 
-try:
-    __version__ = version("skymatch-step")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
-
 __all__ = [
+    "Comparison",
+    "DifferencesComparison",
+    "Execution",
     "GeometryError",
     "ImageInput",
+    "MatchOptions",
     "MissingDependencyError",
     "PairRecord",
     "SkyMatchStep",
@@ -31,8 +36,10 @@ __all__ = [
     "SkymatchError",
     "SkymatchImage3Pipeline",
     "SkymatchStep",
+    "StatisticsComparison",
     "__version__",
     "match",
+    "model_input",
 ]
 
 

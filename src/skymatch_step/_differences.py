@@ -76,21 +76,20 @@ import logging
 import math
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ._overlaps import region_mask
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
+from ._statistics import SkyStatistics
 
 __all__ = [
     "DifferenceCollector",
     "DifferencesAborted",
     "PairDifference",
     "clipped_median",
-    "pair_difference",
+    "collect_samples",
+    "compare_samples",
+    "reduce_differences",
 ]
 
 log = logging.getLogger(__name__)
@@ -460,24 +459,15 @@ class DifferenceCollector:
 
     Parameters
     ----------
-    images : sequence of ImageInput
-        The images (only ``shape``, ``forward``, ``inverse`` are used).
-    pairs : sequence of tuple of int
-        Overlapping image pairs ``(i, j)``, ``i < j``, in different groups
-        (`PairIntersector.results`).
-    pair_overlaps : dict
-        ``{(i, j): PairOverlap}``; ``first`` (image ``i``'s polygons)
-        defines the sample grid.
-    groups : sequence of int
-        Group index of every image.
-    nclip : int, optional
-        Clipping iterations of the median (see `clipped_median`).
-    lsigma, usigma : float, optional
-        Clipping limits, in robust standard deviations.
-    lower, upper : float or None, optional
-        Usable range of pixel values, in both images of a pair.
-    names : sequence of str, optional
-        Image names for messages.
+    layout : Layout
+        The images (only ``shape``, ``forward`` and ``inverse`` are used),
+        their names, group indices, overlapping image pairs ``(i, j)``,
+        ``i < j``, in different groups, and the pairs' overlaps
+        (``first``, image ``i``'s polygons, defines the sample grid).
+    stats : SkyStatistics, optional
+        ``nclip``, ``lsigma`` and ``usigma`` clip the differences (see
+        `clipped_median`); ``lower`` and ``upper`` limit the usable pixel
+        values in both images of a pair.
     grid_step : int, optional
         Initial spacing, in pixels, of the nodes where the WCSs are
         evaluated (see the module docstring).
@@ -504,56 +494,25 @@ class DifferenceCollector:
     holding a lock that those need.
     """
 
-    def __init__(
-        self,
-        images: Sequence,
-        pairs: Sequence[tuple[int, int]],
-        pair_overlaps: dict,
-        groups: Sequence[int],
-        *,
-        nclip: int = 5,
-        lsigma: float = 4.0,
-        usigma: float = 4.0,
-        lower: float | None = None,
-        upper: float | None = None,
-        names: Sequence[str] | None = None,
-        grid_step: int = 32,
-        grid_tolerance: float = 0.005,
-    ):
-        self._images = list(images)
+    def __init__(self, layout, stats=None, *, grid_step=32, grid_tolerance=0.005):
+        self._images = list(layout.images)
         n = len(self._images)
-        self._groups = [int(g) for g in groups]
+        self._groups = [int(g) for g in layout.groups]
         if len(self._groups) != n:
             raise ValueError(f"groups has {len(self._groups)} entries for {n} images")
-        self._names = [str(s) for s in names] if names is not None else [str(k) for k in range(n)]
-        if int(nclip) != nclip or nclip < 0:
-            raise ValueError(f"nclip must be a non-negative integer, not {nclip!r}.")
-        for name, value in (("lsigma", lsigma), ("usigma", usigma)):
-            if not value > 0:
-                raise ValueError(f"{name} must be a positive number, not {value!r}.")
+        self._names = [str(s) for s in layout.names]
         if not grid_tolerance > 0:
             raise ValueError(f"grid_tolerance must be positive, not {grid_tolerance!r}.")
-        self._clip = {"nclip": int(nclip), "lsigma": float(lsigma), "usigma": float(usigma)}
-        self._lower = lower
-        self._upper = upper
+        stats = SkyStatistics() if stats is None else stats
+        self._clip = {"nclip": int(stats.nclip), "lsigma": stats.lsigma, "usigma": stats.usigma}
+        self._range = (stats.lower, stats.upper)
         self._grid = {"step": int(grid_step), "tolerance": float(grid_tolerance)}
-        self._overlaps = pair_overlaps
+        self._overlaps = layout.pair_overlaps
         self._below = [[] for _ in range(n)]  # partners i < k
         self._above = [[] for _ in range(n)]  # partners j > k
         self._remaining = {}
-        for i, j in pairs:
-            if not 0 <= i < j < n:
-                raise ValueError(f"image pair {(i, j)!r} is not (i, j) with 0 <= i < j < {n}")
-            gi, gj = self._groups[i], self._groups[j]
-            if gi == gj:
-                raise ValueError(
-                    f"images {self._names[i]} and {self._names[j]} are both in group {gi}; "
-                    "pairs must join different groups"
-                )
-            self._below[j].append(i)
-            self._above[i].append(j)
-            key = (min(gi, gj), max(gi, gj))
-            self._remaining[key] = self._remaining.get(key, 0) + 1
+        for i, j in layout.pairs:
+            self._file_pair(i, j, n)
         for lst in (*self._below, *self._above):
             lst.sort()
         self._parts = {key: {} for key in self._remaining}
@@ -566,6 +525,21 @@ class DifferenceCollector:
         self.pending_bytes = 0
         self.pooled_bytes = 0
         self.peak_bytes = 0
+
+    def _file_pair(self, i, j, n):
+        """Check one image pair and note who waits for whom."""
+        if not 0 <= i < j < n:
+            raise ValueError(f"image pair {(i, j)!r} is not (i, j) with 0 <= i < j < {n}")
+        gi, gj = self._groups[i], self._groups[j]
+        if gi == gj:
+            raise ValueError(
+                f"images {self._names[i]} and {self._names[j]} are both in group {gi}; "
+                "pairs must join different groups"
+            )
+        self._below[j].append(i)
+        self._above[i].append(j)
+        key = (min(gi, gj), max(gi, gj))
+        self._remaining[key] = self._remaining.get(key, 0) + 1
 
     # -- public API -----------------------------------------------------
 
@@ -691,32 +665,9 @@ class DifferenceCollector:
     def _collect(self, i, j, data, mask):
         """Usable pixels of image ``i`` in its overlap with ``j`` (None if none)."""
         area, pieces = self._overlaps[(i, j)].first
-        if area == 0.0 or not pieces:
-            return None
         inverse = self._images[i].inverse
-        polygons = []
-        for ra, dec in pieces:
-            x, y = inverse(ra, dec)
-            polygons.append((np.asarray(x, float), np.asarray(y, float)))
-        where, sub = region_mask(polygons, data.shape, self._names[i])
-        if where is None:
-            return None
-        values = data[where]
-        usable = sub & mask[where]
-        usable &= _within(values, self._lower, self._upper)
-        counts = np.count_nonzero(usable, axis=1)
-        if not counts.any():
-            return None
-        cols = np.nonzero(usable)[1]
-        # Native float32 for float32 data (any byte order), else float64.
-        single = values.dtype.kind == "f" and values.dtype.itemsize == 4
-        values = values[usable].astype(np.float32 if single else np.float64)
-        return _Samples(
-            origin=(where[0].start, where[1].start),
-            box=sub.shape,
-            counts=counts.astype(np.int32),
-            cols=cols.astype(np.uint16 if sub.shape[1] <= 65536 else np.int32),
-            values=values,
+        return collect_samples(
+            pieces if area != 0.0 else [], inverse, data, mask, self._names[i], self._range
         )
 
     def _compare(self, i, j, samples, data, mask):
@@ -726,104 +677,16 @@ class DifferenceCollector:
         """
         if samples is None:
             return _EMPTY_PART
-        ny, nx = self._images[j].shape
-        if nx < 2 or ny < 2:
-            return _EMPTY_PART
-        pmap = _PositionMap(
-            self._images[i].forward,
-            self._images[j].inverse,
-            samples.origin,
-            samples.box,
-            **self._grid,
-        )
-        log.debug(
-            "Positions of %s in %s interpolated every %d pixels (error %.2g pixel).",
-            self._names[i],
-            self._names[j],
-            pmap.step,
-            pmap.error,
-        )
-        rows = samples.rows()
-        var_i = _adjacent_variance(samples.values, rows, samples.cols)
-        x, y = pmap(rows, samples.cols)
-        del rows
-        sel = None
-        inside = (x >= 0) & (x <= nx - 1) & (y >= 0) & (y <= ny - 1)
-        if not inside.all():
-            sel = np.flatnonzero(inside)
-            x = x[sel]
-            y = y[sel]
-        del inside
-        # Lower-left neighbour; a position on the last row or column uses
-        # the cell before it (with weight 1 on the far side).
-        x0 = np.minimum(x.astype(np.intp), nx - 2)
-        y0 = np.minimum(y.astype(np.intp), ny - 2)
-        fx = x
-        fx -= x0
-        fy = y
-        fy -= y0
-        del x, y
-        mask, mrs, mcs = mask
-        data, drs, dcs = data
-        p = y0 * mrs
-        p += x0 * mcs
-        good = mask[p]
-        good &= mask[p + mcs]
-        good &= mask[p + mrs]
-        good &= mask[p + (mrs + mcs)]
-        if (drs, dcs) != (mrs, mcs):
-            p = y0 * drs
-            p += x0 * dcs
-        del x0, y0
-        corners = (data[p], data[p + dcs], data[p + drs], data[p + (drs + dcs)])
-        if self._lower is not None or self._upper is not None:
-            for c in corners:
-                good &= _within(c, self._lower, self._upper)
-        gx = 1.0 - fx
-        gy = 1.0 - fy
-        v00, v01, v10, v11 = corners
-        # A non-finite neighbour makes the sum non-finite (NaN * 0 is NaN).
-        with np.errstate(over="ignore", invalid="ignore"):
-            sampled = (v00 * gx + v01 * fx) * gy + (v10 * gx + v11 * fx) * fy
-        del v00, v01, v10, v11, p
-        good &= np.isfinite(sampled)
-        own = samples.values if sel is None else samples.values[sel]
-        with np.errstate(over="ignore", invalid="ignore"):
-            diffs = own - sampled
-        del sampled
-        # Differences are kept as float32: beyond its range they overflow.
-        overflow = good & ~(np.abs(diffs) <= np.finfo(np.float32).max)
-        if overflow.any():
-            log.warning(
-                "Images %s and %s: %d pixel difference(s) overflow float32 and are not used.",
-                self._names[i],
-                self._names[j],
-                int(np.count_nonzero(overflow)),
-            )
-            good &= ~overflow
-        del overflow
-        keep = np.flatnonzero(good) if not good.all() else None
-        if keep is not None:
-            own, diffs = own[keep], diffs[keep]
-        n = diffs.size
-        if n == 0:
-            return _EMPTY_PART
-        if self._groups[i] > self._groups[j]:
-            np.negative(diffs, out=diffs)
-        # Correlation bookkeeping (module docstring), from an evenly spaced
-        # subset of the samples: the mean sum of squared weights per sample,
-        # and the noise of j from differences of neighbouring pixels.
-        sub = slice(None, None, max(1, n // 8192))
-        sub = keep[sub] if keep is not None else sub
-        fx, fy, gx, gy = fx[sub], fy[sub], gx[sub], gy[sub]
-        q = float(np.mean((gx * gx + fx * fx) * (gy * gy + fy * fy)))
-        var_j = _robust_variance(corners[1][sub].astype(float) - corners[0][sub]) / 2.0
-        ratio = var_j / var_i if var_i > 0 and np.isfinite(var_i + var_j) else 1.0
-        return _Part(
-            diffs.astype(np.float32),
-            noise_sum=n * (1.0 + ratio * pmap.density()),
-            noise_marginal=n * (1.0 + ratio * q),
-            sum_abs=float(np.sum(np.abs(own), dtype=np.float64)),
+        return compare_samples(
+            samples,
+            self._images[i],
+            self._images[j],
+            data,
+            mask,
+            grid=self._grid,
+            value_range=self._range,
+            names=(self._names[i], self._names[j]),
+            flip=self._groups[i] > self._groups[j],
         )
 
     def _add(self, i, k, part):
@@ -836,94 +699,263 @@ class DifferenceCollector:
             if self._remaining[key]:
                 return
             del self._parts[key]
-        result = self._reduce(key, parts)
+        result = reduce_differences(key, parts, self._clip)
         with self._cond:
             self._track(pooled=-sum(p.diffs.nbytes for p in parts.values()))
             if result is not None:
                 self._results[key] = result
 
-    def _reduce(self, key, parts):
-        """Pool the member pairs' differences (in image-pair order) and reduce them."""
-        ordered = [parts[pair] for pair in sorted(parts)]
-        n_all = sum(p.diffs.size for p in ordered)
-        if n_all == 0:
-            log.debug("Groups %d and %d: no usable pixel differences.", *key)
-            return None
-        diffs = np.concatenate([p.diffs for p in ordered]) if len(ordered) > 1 else ordered[0].diffs
-        med, spread, npix = clipped_median(diffs, **self._clip)
-        scale, correlation = _MEDIAN_SE * spread, _MEDIAN_CORRELATION
-        mean, std, nmean = _clipped_mean(diffs, med, spread)
-        if nmean > 1 and std > 0:
-            # The mean of the differences near the median: about 1.25 times
-            # more precise than the median for Gaussian noise.
-            med, scale, correlation, npix = mean, std, 1.0, nmean
-        noise_sum = sum(p.noise_sum for p in ordered)
-        noise_marginal = sum(p.noise_marginal for p in ordered)
-        # For the mean; the median feels correlations less (module docstring).
-        inflation = noise_sum / noise_marginal if noise_marginal > 0 else 1.0
-        inflation = 1.0 + correlation * (inflation - 1.0)
-        error = scale * math.sqrt(inflation / npix)
-        typical = sum(p.sum_abs for p in ordered) / n_all
-        floor = _ERROR_FLOOR * (1.0 + typical) / math.sqrt(npix)
-        if not error >= floor:
-            error = floor
-        log.debug(
-            "Groups %d and %d: difference %.6g +- %.2g from %d of %d pixel differences.",
-            key[0],
-            key[1],
-            med,
-            error,
-            npix,
-            n_all,
-        )
-        return PairDifference(
-            a=key[0], b=key[1], npix=npix, difference=med, error=error, spread=spread
-        )
 
-
-def pair_difference(
-    image_i,
-    data_i,
-    mask_i,
-    image_j,
-    data_j,
-    mask_j,
-    overlap=None,
-    **options,
-) -> PairDifference | None:
-    """Sky difference of two images, ``sky(i) - sky(j)``, at the same positions.
-
-    A convenience for tests and benchmarks: one `DifferenceCollector` over
-    the two images, each its own group.
+def collect_samples(pieces, inverse, data, mask, name, value_range):
+    """Usable pixels of an image inside its overlap polygons, as `_Samples`.
 
     Parameters
     ----------
+    pieces : list of tuple of ndarray
+        The overlap's closed ``(ra, dec)`` polygons (empty: no overlap).
+    inverse : callable
+        The image's ``inverse(ra, dec) -> (x, y)``.
+    data, mask : ndarray
+        Its pixels and usable-pixel mask.
+    name : str
+        Its name, for warnings.
+    value_range : tuple
+        ``(lower, upper)`` usable pixel values (None: no limit).
+
+    Returns
+    -------
+    _Samples or None
+        None when no usable pixel lies inside.
+    """
+    if not pieces:
+        return None
+    polygons = []
+    for ra, dec in pieces:
+        x, y = inverse(ra, dec)
+        polygons.append((np.asarray(x, float), np.asarray(y, float)))
+    where, sub = region_mask(polygons, data.shape, name)
+    if where is None:
+        return None
+    values = data[where]
+    usable = sub & mask[where]
+    usable &= _within(values, *value_range)
+    counts = np.count_nonzero(usable, axis=1)
+    if not counts.any():
+        return None
+    cols = np.nonzero(usable)[1]
+    # Native float32 for float32 data (any byte order), else float64.
+    single = values.dtype.kind == "f" and values.dtype.itemsize == 4
+    values = values[usable].astype(np.float32 if single else np.float64)
+    return _Samples(
+        origin=(where[0].start, where[1].start),
+        box=sub.shape,
+        counts=counts.astype(np.int32),
+        cols=cols.astype(np.uint16 if sub.shape[1] <= 65536 else np.int32),
+        values=values,
+    )
+
+
+@dataclass
+class _Sampled:
+    """Image ``j`` interpolated at the positions of the samples of image ``i``."""
+
+    values: np.ndarray  # interpolated values (non-finite where unusable)
+    good: np.ndarray  # bool: all four neighbours usable and the value finite
+    sel: np.ndarray | None  # samples inside j (None: all)
+    weights: tuple  # (fx, fy, gx, gy) bilinear weights
+    corners: tuple  # the four neighbours' values
+
+
+def _sample_bilinear(x, y, flat_data, flat_mask, shape, value_range):
+    """Interpolate image ``j`` (flat, see `_flat`) bilinearly at pixel positions ``(x, y)``.
+
+    Positions outside ``j`` are dropped (``sel``); a sample is good where
+    its four neighbours are usable, within ``value_range``, and the value
+    is finite.
+    """
+    ny, nx = shape
+    sel = None
+    inside = (x >= 0) & (x <= nx - 1) & (y >= 0) & (y <= ny - 1)
+    if not inside.all():
+        sel = np.flatnonzero(inside)
+        x = x[sel]
+        y = y[sel]
+    del inside
+    # Lower-left neighbour; a position on the last row or column uses
+    # the cell before it (with weight 1 on the far side).
+    x0 = np.minimum(x.astype(np.intp), nx - 2)
+    y0 = np.minimum(y.astype(np.intp), ny - 2)
+    fx = x
+    fx -= x0
+    fy = y
+    fy -= y0
+    del x, y
+    mask, mrs, mcs = flat_mask
+    data, drs, dcs = flat_data
+    p = y0 * mrs
+    p += x0 * mcs
+    good = mask[p]
+    good &= mask[p + mcs]
+    good &= mask[p + mrs]
+    good &= mask[p + (mrs + mcs)]
+    if (drs, dcs) != (mrs, mcs):
+        p = y0 * drs
+        p += x0 * dcs
+    del x0, y0
+    corners = (data[p], data[p + dcs], data[p + drs], data[p + (drs + dcs)])
+    if value_range[0] is not None or value_range[1] is not None:
+        for c in corners:
+            good &= _within(c, *value_range)
+    gx = 1.0 - fx
+    gy = 1.0 - fy
+    v00, v01, v10, v11 = corners
+    # A non-finite neighbour makes the sum non-finite (NaN * 0 is NaN).
+    with np.errstate(over="ignore", invalid="ignore"):
+        sampled = (v00 * gx + v01 * fx) * gy + (v10 * gx + v11 * fx) * fy
+    del v00, v01, v10, v11, p
+    good &= np.isfinite(sampled)
+    return _Sampled(sampled, good, sel, (fx, fy, gx, gy), corners)
+
+
+def compare_samples(
+    samples, image_i, image_j, flat_data, flat_mask, *, grid, value_range, names, flip
+):
+    """Differences ``data_i - data_j`` of one image pair at the same sky positions.
+
+    Parameters
+    ----------
+    samples : _Samples
+        Image ``i``'s usable pixels in the overlap.
     image_i, image_j : ImageInput
-        The images (``shape``, ``forward``, ``inverse``).
-    data_i, mask_i, data_j, mask_j : ndarray
-        Their pixels and usable-pixel masks.
-    overlap : PairOverlap, optional
-        Their intersection; computed from their footprints if omitted.
-    **options
-        Keyword options of `DifferenceCollector`.
+        The two images (``forward`` of ``i``, ``inverse`` and ``shape`` of ``j``).
+    flat_data, flat_mask : tuple
+        Image ``j``'s pixels and mask, as `_flat` returns them.
+    grid : dict
+        ``step`` and ``tolerance`` of the `_PositionMap`.
+    value_range : tuple
+        ``(lower, upper)`` usable pixel values.
+    names : tuple of str
+        The two images' names, for messages.
+    flip : bool
+        Negate the differences (image ``i``'s group is the pair's second).
+
+    Returns
+    -------
+    _Part
+    """
+    ny, nx = image_j.shape
+    if nx < 2 or ny < 2:
+        return _EMPTY_PART
+    pmap = _PositionMap(image_i.forward, image_j.inverse, samples.origin, samples.box, **grid)
+    log.debug(
+        "Positions of %s in %s interpolated every %d pixels (error %.2g pixel).",
+        names[0],
+        names[1],
+        pmap.step,
+        pmap.error,
+    )
+    rows = samples.rows()
+    var_i = _adjacent_variance(samples.values, rows, samples.cols)
+    x, y = pmap(rows, samples.cols)
+    del rows
+    sampled = _sample_bilinear(x, y, flat_data, flat_mask, (ny, nx), value_range)
+    del x, y
+    good = sampled.good
+    own = samples.values if sampled.sel is None else samples.values[sampled.sel]
+    with np.errstate(over="ignore", invalid="ignore"):
+        diffs = own - sampled.values
+    sampled.values = None
+    # Differences are kept as float32: beyond its range they overflow.
+    overflow = good & ~(np.abs(diffs) <= np.finfo(np.float32).max)
+    if overflow.any():
+        log.warning(
+            "Images %s and %s: %d pixel difference(s) overflow float32 and are not used.",
+            names[0],
+            names[1],
+            int(np.count_nonzero(overflow)),
+        )
+        good &= ~overflow
+    del overflow
+    keep = np.flatnonzero(good) if not good.all() else None
+    if keep is not None:
+        own, diffs = own[keep], diffs[keep]
+    n = diffs.size
+    if n == 0:
+        return _EMPTY_PART
+    if flip:
+        np.negative(diffs, out=diffs)
+    ratio, q = _noise_terms(sampled, keep, n, var_i)
+    return _Part(
+        diffs.astype(np.float32),
+        noise_sum=n * (1.0 + ratio * pmap.density()),
+        noise_marginal=n * (1.0 + ratio * q),
+        sum_abs=float(np.sum(np.abs(own), dtype=np.float64)),
+    )
+
+
+def _noise_terms(sampled, keep, n, var_i):
+    """Noise ratio ``var_j / var_i`` and mean sum of squared bilinear weights.
+
+    From an evenly spaced subset of the kept samples (module docstring):
+    the noise of ``j`` from differences of neighbouring pixels.
+    """
+    sub = slice(None, None, max(1, n // 8192))
+    sub = keep[sub] if keep is not None else sub
+    fx, fy, gx, gy = (w[sub] for w in sampled.weights)
+    q = float(np.mean((gx * gx + fx * fx) * (gy * gy + fy * fy)))
+    corners = sampled.corners
+    var_j = _robust_variance(corners[1][sub].astype(float) - corners[0][sub]) / 2.0
+    ratio = var_j / var_i if var_i > 0 and np.isfinite(var_i + var_j) else 1.0
+    return ratio, q
+
+
+def reduce_differences(key, parts, clip):
+    """Pool a group pair's differences (in image-pair order) and reduce them.
+
+    Parameters
+    ----------
+    key : tuple of int
+        The group pair ``(a, b)``.
+    parts : dict
+        ``{(i, j): _Part}`` of its image pairs.
+    clip : dict
+        ``nclip``, ``lsigma`` and ``usigma`` of `clipped_median`.
 
     Returns
     -------
     PairDifference or None
-        With ``a = 0`` (image ``i``) and ``b = 1``; None when no pixel
-        difference could be measured.
+        None when there is no usable pixel difference.
     """
-    if overlap is None:
-        from ._footprints import image_footprint
-        from ._overlaps import _intersect_pair
-
-        fp_i = image_footprint(image_i.shape, image_i.forward)
-        fp_j = image_footprint(image_j.shape, image_j.forward)
-        overlap = _intersect_pair(fp_i, fp_j)
-    collector = DifferenceCollector(
-        [image_i, image_j], [(0, 1)], {(0, 1): overlap}, [0, 1], **options
+    ordered = [parts[pair] for pair in sorted(parts)]
+    n_all = sum(p.diffs.size for p in ordered)
+    if n_all == 0:
+        log.debug("Groups %d and %d: no usable pixel differences.", *key)
+        return None
+    diffs = np.concatenate([p.diffs for p in ordered]) if len(ordered) > 1 else ordered[0].diffs
+    med, spread, npix = clipped_median(diffs, **clip)
+    scale, correlation = _MEDIAN_SE * spread, _MEDIAN_CORRELATION
+    mean, std, nmean = _clipped_mean(diffs, med, spread)
+    if nmean > 1 and std > 0:
+        # The mean of the differences near the median: about 1.25 times
+        # more precise than the median for Gaussian noise.
+        med, scale, correlation, npix = mean, std, 1.0, nmean
+    noise_sum = sum(p.noise_sum for p in ordered)
+    noise_marginal = sum(p.noise_marginal for p in ordered)
+    # For the mean; the median feels correlations less (module docstring).
+    inflation = noise_sum / noise_marginal if noise_marginal > 0 else 1.0
+    inflation = 1.0 + correlation * (inflation - 1.0)
+    error = scale * math.sqrt(inflation / npix)
+    typical = sum(p.sum_abs for p in ordered) / n_all
+    floor = _ERROR_FLOOR * (1.0 + typical) / math.sqrt(npix)
+    if not error >= floor:
+        error = floor
+    log.debug(
+        "Groups %d and %d: difference %.6g +- %.2g from %d of %d pixel differences.",
+        key[0],
+        key[1],
+        med,
+        error,
+        npix,
+        n_all,
     )
-    collector.visit(0, data_i, mask_i)
-    collector.visit(1, data_j, mask_j)
-    found = collector.results()
-    return found[0] if found else None
+    return PairDifference(a=key[0], b=key[1], npix=npix, difference=med, error=error, spread=spread)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,10 +15,13 @@ from .exceptions import GeometryError
 
 __all__ = [
     "CapIndex",
+    "OverlapFinder",
     "OverlapRegion",
-    "PairIntersector",
     "PairOverlap",
     "candidate_pairs",
+    "intersect_footprints",
+    "intersect_pair",
+    "intersect_task",
     "overlap_regions",
     "region_mask",
 ]
@@ -143,7 +145,7 @@ class PairOverlap:
     ``first`` is what image ``i`` of the pair ``(i, j)`` uses, ``second``
     what image ``j`` uses: ``(area, pieces)`` with the spherical area (sr)
     and the closed ``(ra, dec)`` polygons of at least 4 vertices. They are
-    the same object unless an intersection failed (see `PairIntersector`).
+    the same object unless an intersection failed (see `intersect_pair`).
     """
 
     first: tuple
@@ -164,8 +166,8 @@ def _whole(fp):
     return abs(fp.area()), [(np.asarray(ra), np.asarray(dec)) for ra, dec in fp.to_radec()]
 
 
-def _intersect_pair(fp_i, fp_j):
-    """One intersection serves both images.
+def intersect_pair(fp_i, fp_j):
+    """Intersect two footprints as the engine does; one intersection serves both images.
 
     jwst intersects ``i`` with ``j`` for image ``i`` and ``j`` with ``i``
     for image ``j``; the two polygons select the same pixels (checked in
@@ -201,48 +203,23 @@ def _intersect_pair(fp_i, fp_j):
     return PairOverlap(first, second, failed)
 
 
-class PairIntersector:
-    """Find and intersect overlapping footprints as the images arrive.
+class OverlapFinder:
+    """Candidate pairs of overlapping footprints, found as the images arrive.
 
     Each footprint added is checked against the earlier ones' bounding
-    caps (`CapIndex`); the footprints of every candidate pair in different
-    groups are intersected once, in ``workers`` processes when more than
-    one (spherical-geometry is pure Python, so threads would not help).
-    Intersections run while the caller reads the next images.
-
-    Use as a context manager, so that worker processes always stop.
-
-    Parameters
-    ----------
-    workers : int, optional
-        Number of worker processes; 1 intersects in the calling process.
-        So does a daemonic process (e.g. a `multiprocessing.Pool` worker),
-        which may not start processes of its own, or one where worker
-        processes cannot be started; the results are the same.
+    caps (`CapIndex`); every candidate pair in different groups becomes one
+    intersection task (`intersect_task`), to run on any runner. The tasks'
+    results, in the order the tasks were made, give `overlaps`.
     """
 
-    def __init__(self, workers=1):
-        self._workers = int(workers)
+    def __init__(self):
         self._index = CapIndex()
         self._footprints = []
         self._groups = []
-        self._pending = {}
-        self._pool = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def close(self):
-        """Stop the worker processes (pending intersections are dropped)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        self._pairs = []
 
     def add(self, footprint, group):
-        """Add the next image's footprint; start its intersections.
+        """Add the next image's footprint; return its intersection tasks.
 
         Parameters
         ----------
@@ -252,48 +229,26 @@ class PairIntersector:
 
         Returns
         -------
-        int
-            The image's index (order of addition).
+        list of tuple
+            ``(footprint_i, footprint_j)`` of each new candidate pair.
         """
         j = len(self._footprints)
         self._footprints.append(footprint)
         self._groups.append(group)
+        tasks = []
         for i in self._index.add(bounding_cap(footprint)):
-            if self._groups[i] == group:
-                continue
-            fut = self._submit(self._footprints[i], footprint) if self._workers > 1 else None
-            if fut is None:
-                fut = _intersect_pair(self._footprints[i], footprint)
-            self._pending[(i, j)] = fut
-        return j
+            if self._groups[i] != group:
+                self._pairs.append((i, j))
+                tasks.append((self._footprints[i], footprint))
+        return tasks
 
-    def _submit(self, fp_i, fp_j):
-        """Start one intersection in the worker pool (None: do it here)."""
-        if self._pool is None and multiprocessing.current_process().daemon:
-            log.info(
-                "Intersecting footprints in this process: it is a daemonic process "
-                "(e.g. a multiprocessing.Pool worker), which cannot start workers."
-            )
-            self._workers = 1
-            return None
-        try:
-            if self._pool is None:
-                from concurrent.futures import ProcessPoolExecutor
-
-                self._pool = ProcessPoolExecutor(max_workers=self._workers)
-            return self._pool.submit(_intersect_pair, fp_i, fp_j)
-        except (OSError, ImportError, NotImplementedError, RuntimeError) as err:
-            # e.g. no semaphores or process limit reached: results are the
-            # same without workers, only slower.
-            log.info("Intersecting footprints in this process: cannot start workers (%s).", err)
-            self._workers = 1
-            return None
-
-    def results(self, names):
-        """Wait for the intersections and return them.
+    def overlaps(self, results, names):
+        """Pair the tasks' results with their pairs; warn where jwst's fallback was used.
 
         Parameters
         ----------
+        results : sequence of PairOverlap
+            ``intersect_task`` of every task, in the order they were made.
         names : sequence of str
             Image names, for warnings.
 
@@ -304,13 +259,10 @@ class PairIntersector:
         overlaps : dict
             ``{(i, j): PairOverlap}``.
         """
-        pairs = sorted(self._pending)
-        out = {}
+        found = dict(zip(self._pairs, results, strict=True))
+        pairs = sorted(found)
         for i, j in pairs:
-            result = self._pending[(i, j)]
-            if not isinstance(result, PairOverlap):
-                result = result.result()
-            for who in result.failed:
+            for who in found[(i, j)].failed:
                 own, other = (i, j) if who == "i" else (j, i)
                 # jwst falls back to the whole image; keep its result but say so.
                 log.warning(
@@ -320,9 +272,40 @@ class PairIntersector:
                     names[other],
                     names[own],
                 )
-            out[(i, j)] = result
-        self.close()
-        return pairs, out
+        return pairs, {pair: found[pair] for pair in pairs}
+
+
+def intersect_task(task):
+    """`intersect_pair` of a task ``(footprint_i, footprint_j)`` (for runners)."""
+    return intersect_pair(*task)
+
+
+def intersect_footprints(footprints, groups, names=None, runner=None):
+    """Intersect every overlapping pair of footprints in different groups.
+
+    Parameters
+    ----------
+    footprints : sequence of SphericalPolygon
+    groups : sequence of hashable
+        Sky group of each footprint.
+    names : sequence of str, optional
+        Names for warnings (default: the indices).
+    runner : Runner, optional
+        Where the intersections run (default: here).
+
+    Returns
+    -------
+    pairs : list of tuple of int
+    overlaps : dict
+        See `OverlapFinder.overlaps`.
+    """
+    from ._runners import Runner
+
+    finder = OverlapFinder()
+    tasks = [t for fp, g in zip(footprints, groups, strict=True) for t in finder.add(fp, g)]
+    results = (runner or Runner()).map(intersect_task, tasks)
+    names = [str(k) for k in range(len(footprints))] if names is None else list(names)
+    return finder.overlaps(results, names)
 
 
 def overlap_regions(index, neighbours, pair_overlaps, inverse, groups):
@@ -335,7 +318,7 @@ def overlap_regions(index, neighbours, pair_overlaps, inverse, groups):
     neighbours : iterable of int
         Images (in other groups) whose caps touch this image's cap.
     pair_overlaps : dict
-        Intersections from `PairIntersector.results`.
+        Intersections from `OverlapFinder.overlaps`.
     inverse : callable
         ``inverse(ra, dec) -> (x, y)`` of image ``index``.
     groups : sequence of int
@@ -414,31 +397,3 @@ def region_mask(polygons, shape, name=""):
     for (r, c), m in parts:
         mask[r - r0 : r - r0 + m.shape[0], c - c0 : c - c0 + m.shape[1]] |= m
     return (slice(r0, r1), slice(c0, c1)), mask
-
-
-def pair_pixels(overlap, images):
-    """Pixels each image of a pair selects in their overlap, as the step does.
-
-    Parameters
-    ----------
-    overlap : PairOverlap
-        The pair's intersection (`PairIntersector` or `_intersect_pair`).
-    images : tuple of two objects with ``shape`` and ``inverse``
-        The pair's images, in the order of the intersection.
-
-    Returns
-    -------
-    list of tuple
-        For each image, ``(area is zero, full-image boolean mask)``.
-    """
-    out = []
-    for index, im in enumerate(images):
-        regions = overlap_regions(index, [1 - index], {(0, 1): overlap}, im.inverse, [0, 1])
-        region = regions[1 - index]
-        full = np.zeros(im.shape, dtype=bool)
-        if region.area != 0.0:
-            where, mask = region_mask(region.polygons, im.shape)
-            if where is not None:
-                full[where] = mask
-        out.append((region.area == 0.0, full))
-    return out

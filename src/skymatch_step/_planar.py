@@ -34,6 +34,8 @@ about ``1e-15 / area`` in relative precision).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import shapely
 from spherical_geometry import great_circle_arc
@@ -470,6 +472,53 @@ def exact_intersection(fp_a, fp_b):
         boundary or vertex; a result spherical-geometry would call
         degenerate or give a zero area; any failure of the planar clip.
     """
+    geo = _pair_geometry(fp_a, fp_b)
+    ea, eb, ta, tb, xc = _edge_crossings(geo.rings)
+    base = geo.na + geo.nb
+    nodes_xy = np.vstack([geo.xy, xc])
+    _check_crossings_apart(nodes_xy, base)
+    vectors = np.vstack([geo.verts, np.empty((ea.size, 3))])
+    vectors[base:] = _replay_crossings(geo.verts, geo.na, geo.nb, ea, eb, ta, tb)
+    # the same on the sphere (the plane stretches distances a little)
+    _check_crossings_apart(vectors, base)
+    _check_sg_decisions(geo, vectors, _sub_arcs(geo.na, geo.nb, ea, eb, ta, tb))
+    return _planar_clip(geo, nodes_xy, vectors, base + np.arange(ea.size))
+
+
+@dataclass
+class _PairGeometry:
+    """Two single-part footprints as spherical-geometry's graph and in the plane."""
+
+    verts: np.ndarray  # (na + nb, 3) normalised vertices: A's, then B's (not closed)
+    na: int
+    nb: int
+    tangent: np.ndarray  # tangent point (unit vector)
+    basis: np.ndarray  # `_basis` of the tangent point
+    xy: np.ndarray  # (na + nb, 2) vertices in the plane
+    rings: list  # closed (n + 1, 2) rings of A and B
+    polys: list  # shapely polygons of A and B
+    boundaries: list  # their exterior rings
+    inside: list  # their inside points in the plane
+
+
+def _pair_geometry(fp_a, fp_b):
+    """Check two footprints and put them in the tangent plane about their mean direction."""
+    (pts_a, in_a), (pts_b, in_b) = _single_parts(fp_a, fp_b)
+    # spherical-geometry's graph nodes: the normalised vertices, closing one dropped.
+    na, nb = len(pts_a) - 1, len(pts_b) - 1
+    verts = _graph_vertices(pts_a, pts_b)
+    tangent, basis = _tangent_frame(verts)
+    xy = _project(verts, tangent, basis)
+    rings = [np.vstack([xy[:na], xy[:1]]), np.vstack([xy[na:], xy[na : na + 1]])]
+    polys = [shapely.polygons(r) for r in rings]
+    boundaries = [shapely.get_exterior_ring(p) for p in polys]
+    inside = [_project(in_a, tangent, basis)[0], _project(in_b, tangent, basis)[0]]
+    _check_footprints(polys, boundaries, inside)
+    return _PairGeometry(verts, na, nb, tangent, basis, xy, rings, polys, boundaries, inside)
+
+
+def _single_parts(fp_a, fp_b):
+    """Return ``(points, inside)`` of each footprint; raise unless one part with an inside."""
     parts_a = _parts(fp_a, "fp_a")
     parts_b = _parts(fp_b, "fp_b")
     if len(parts_a) != 1 or len(parts_b) != 1:
@@ -480,14 +529,21 @@ def exact_intersection(fp_a, fp_b):
     (pts_a, in_a), (pts_b, in_b) = parts_a[0], parts_b[0]
     if in_a is None or in_b is None:
         raise _sensitive("a footprint has no inside point (not a spherical polygon)")
-    # spherical-geometry's graph nodes: the normalised vertices, closing one dropped.
-    na, nb = len(pts_a) - 1, len(pts_b) - 1
+    return (pts_a, in_a), (pts_b, in_b)
+
+
+def _graph_vertices(pts_a, pts_b):
+    """Return the normalised vertices of both footprints; raise if two nearly coincide."""
     verts = _normalize(np.concatenate([pts_a[:-1], pts_b[:-1]]))
     chord = np.sqrt(np.sum((verts[:, None, :] - verts[None, :, :]) ** 2, axis=-1))
     np.fill_diagonal(chord, np.inf)
     if chord.min() < _TOL:
         raise _sensitive(f"two footprint vertices are within {_TOL:g} rad")
+    return verts
 
+
+def _tangent_frame(verts):
+    """Return the mean direction of the vertices and its `_basis`; raise if too far out."""
     tangent = verts.sum(axis=0)
     tangent = tangent / np.sqrt(tangent @ tangent)
     cosang = verts @ tangent
@@ -496,20 +552,20 @@ def exact_intersection(fp_a, fp_b):
             f"the footprints do not fit in one tangent plane (a vertex more than "
             f"{MAX_ANGLE:g} degrees from their mean direction)"
         )
-    basis = _basis(tangent)
+    return tangent, _basis(tangent)
 
-    def project(v):
-        v = np.atleast_2d(v)
-        w = v @ tangent
-        if np.any(w <= 0.0):
-            raise _sensitive("a point lies outside the tangent plane's hemisphere")
-        return (v @ basis[1:].T) / w[:, None]
 
-    xy = project(verts)
-    rings = [np.vstack([xy[:na], xy[:1]]), np.vstack([xy[na:], xy[na : na + 1]])]
-    polys = [shapely.polygons(r) for r in rings]
-    boundaries = [shapely.get_exterior_ring(p) for p in polys]
-    inside = [project(in_a)[0], project(in_b)[0]]
+def _project(v, tangent, basis):
+    """Return the tangent-plane coordinates of unit vectors (raise if one is behind)."""
+    v = np.atleast_2d(v)
+    w = v @ tangent
+    if np.any(w <= 0.0):
+        raise _sensitive("a point lies outside the tangent plane's hemisphere")
+    return (v @ basis[1:].T) / w[:, None]
+
+
+def _check_footprints(polys, boundaries, inside):
+    """Raise unless both footprints are valid polygons, well around their inside points."""
     for k in range(2):
         if not shapely.is_valid(polys[k]) or polys[k].area == 0.0:
             raise _sensitive("a footprint is not a valid polygon in the tangent plane")
@@ -517,7 +573,14 @@ def exact_intersection(fp_a, fp_b):
         if not shapely.contains(polys[k], ipt) or shapely.distance(ipt, boundaries[k]) < _TOL_TEST:
             raise _sensitive("a footprint's inside point is not well inside it")
 
-    # Proper crossings of A's edges (rows) with B's edges (columns).
+
+def _edge_crossings(rings):
+    """Find the proper crossings of A's edges with B's edges in the plane.
+
+    Returns the edge of A (``ea``) and of B (``eb``) of each crossing, the
+    parameters ``ta`` and ``tb`` of the crossing along them, and the
+    crossing points. Raises if two crossing edges are nearly parallel.
+    """
     p, dp = rings[0][:-1], np.diff(rings[0], axis=0)
     q, dq = rings[1][:-1], np.diff(rings[1], axis=0)
     denom = dp[:, None, 0] * dq[None, :, 1] - dp[:, None, 1] * dq[None, :, 0]
@@ -533,41 +596,49 @@ def exact_intersection(fp_a, fp_b):
         if sines.min() < _MIN_SIN:
             raise _sensitive("two crossing edges are nearly parallel")
     xc = p[ea] + ta[:, None] * dp[ea]
-    nodes_xy = np.vstack([xy, xc])
-    if ea.size:
-        d = np.sqrt(np.sum((xc[:, None, :] - nodes_xy[None, :, :]) ** 2, axis=-1))
-        d[np.arange(ea.size), na + nb + np.arange(ea.size)] = np.inf
-        if d.min() < _TOL:
-            raise _sensitive(f"a crossing lies within {_TOL:g} rad of another node")
+    return ea, eb, ta, tb, xc
 
-    # Sub-arcs of every edge (node ids in order along the edge).
+
+def _check_crossings_apart(nodes, first):
+    """Raise if a crossing (``nodes[first:]``) lies within ``_TOL`` of another node."""
+    ncross = len(nodes) - first
+    if not ncross:
+        return
+    d = np.sqrt(np.sum((nodes[first:, None, :] - nodes[None, :, :]) ** 2, axis=-1))
+    d[np.arange(ncross), first + np.arange(ncross)] = np.inf
+    if d.min() < _TOL:
+        raise _sensitive(f"a crossing lies within {_TOL:g} rad of another node")
+
+
+def _sub_arcs(na, nb, ea, eb, ta, tb):
+    """Return the footprint (0 or 1) and end nodes of the sub-arcs of every edge.
+
+    Each edge is cut at its crossings (node ids ``na + nb + k``), in order
+    along the edge.
+    """
     crossing_ids = na + nb + np.arange(ea.size)
-    subs = []  # (polygon, edge, node0, node1)
+    subs = []  # (polygon, node0, node1)
     for k, (n, off, e_of, t_of) in enumerate(((na, 0, ea, ta), (nb, na, eb, tb))):
         for e in range(n):
             on = np.flatnonzero(e_of == e)
             chain = [off + e, *crossing_ids[on[np.argsort(t_of[on])]], off + (e + 1) % n]
-            subs.extend((k, e, chain[i], chain[i + 1]) for i in range(len(chain) - 1))
-
-    vectors = np.vstack([verts, np.empty((ea.size, 3))])
-    vectors[na + nb :] = _replay_crossings(verts, na, nb, ea, eb, ta, tb)
-    if ea.size:
-        # the same on the sphere (the plane stretches distances a little)
-        chord = np.sqrt(np.sum((vectors[na + nb :, None, :] - vectors[None, :, :]) ** 2, axis=-1))
-        chord[np.arange(ea.size), na + nb + np.arange(ea.size)] = np.inf
-        if chord.min() < _TOL:
-            raise _sensitive(f"a crossing lies within {_TOL:g} rad of another node")
-
-    # spherical-geometry's tolerances and tests must all go the exact way.
-    sub_a = np.array([s_[2] for s_ in subs])
-    sub_b = np.array([s_[3] for s_ in subs])
+            subs.extend((k, chain[i], chain[i + 1]) for i in range(len(chain) - 1))
     sub_poly = np.array([s_[0] for s_ in subs])
+    sub_a = np.array([s_[1] for s_ in subs])
+    sub_b = np.array([s_[2] for s_ in subs])
+    return sub_poly, sub_a, sub_b
+
+
+def _check_sg_decisions(geo, vectors, sub_arcs):
+    """Raise unless spherical-geometry's tolerances and tests all go the exact way."""
+    sub_poly, sub_a, sub_b = sub_arcs
+    na, nb, xy = geo.na, geo.nb, geo.xy
     _check_not_on_arcs(vectors, sub_a, sub_b)
-    mids = project(_normalize(vectors[sub_a] + vectors[sub_b]))
+    mids = _project(_normalize(vectors[sub_a] + vectors[sub_b]), geo.tangent, geo.basis)
     for k in range(2):
         other = 1 - k
         mine = sub_poly == k
-        dist = shapely.distance(shapely.points(mids[mine]), boundaries[other])
+        dist = shapely.distance(shapely.points(mids[mine]), geo.boundaries[other])
         if dist.min() < _TOL_TEST:
             raise _sensitive("an edge midpoint lies near the other footprint's edge")
         # point-in-polygon tests of the other footprint: arcs from its inside
@@ -575,10 +646,13 @@ def exact_intersection(fp_a, fp_b):
         own = slice(0, na) if k == 0 else slice(na, na + nb)
         tests = np.vstack([xy[own], mids[mine]])
         other_verts = xy[na:] if k == 0 else xy[:na]
-        if _segment_distances(inside[other], tests, other_verts).min() < _TOL_TEST:
+        if _segment_distances(geo.inside[other], tests, other_verts).min() < _TOL_TEST:
             raise _sensitive("a point-in-polygon test arc passes near a vertex")
 
-    # The planar clip gives the topology; its vertices must be our nodes.
+
+def _planar_clip(geo, nodes_xy, vectors, crossing_ids):
+    """Return the area and pieces of the planar clip, whose vertices must be our nodes."""
+    polys, xy, na = geo.polys, geo.xy, geo.na
     try:
         inter = shapely.intersection(polys[0], polys[1])
     except shapely.errors.GEOSException as err:

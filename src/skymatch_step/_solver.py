@@ -575,99 +575,147 @@ def fit_offsets(
     offsets are those of `solve_offsets`, computed by the same code.
     """
     eqs = _equations(pairs, n)
-    m = eqs.b.size
-    if reject_sigma is not None and not (np.isfinite(reject_sigma) and reject_sigma > 0):
-        raise ValueError(f"reject_sigma must be a positive number or None, got {reject_sigma!r}")
-    if int(max_iterations) != max_iterations or max_iterations < 0:
-        raise ValueError(f"max_iterations must be an integer >= 0, got {max_iterations!r}")
-    if errors is not None:
-        errors = np.asarray(errors, dtype=np.float64)
-        if errors.shape != (m,):
-            raise ValueError(f"errors has shape {errors.shape}; expected ({m},), one per pair")
-        bad = np.flatnonzero(~(np.isfinite(errors) & (errors > 0)))
-        if bad.size:
-            raise ValueError(
-                f"errors[{bad[0]}] = {float(errors[bad[0]])!r}; errors must be positive"
-            )
-    use = np.ones(m, dtype=bool)
-    rejected = [""] * m
-    if npix is not None:
-        npix = np.asarray(npix)
-        if npix.shape != (m,):
-            raise ValueError(f"npix has shape {npix.shape}; expected ({m},), one per pair")
-        few = npix < min_pixels
-        use &= ~few
-        for k in np.flatnonzero(few):
-            rejected[k] = _FEW_PIXELS
-        if few.any():
-            log.info(
-                "%d of %d pair(s) left out of the fit: fewer than %d usable pixel(s).",
-                int(few.sum()),
-                m,
-                min_pixels,
-            )
-
+    errors = _check_fit_options(eqs.b.size, errors, reject_sigma, max_iterations)
+    use, rejected = _select_by_pixels(npix, min_pixels, eqs.b.size)
     absw = np.abs(eqs.w)
-    # equations that constrain the offsets at all
-    informative = absw > 0
+    # a robust scale below this is rounding noise
     floor = _SCALE_FLOOR_EPS * np.finfo(np.float64).eps * (np.abs(eqs.b) * absw).max(initial=0.0)
     fits = 0
     outliers = 0
     while True:
-        sol = _solve(eqs, use)
+        fit = _fit_once(eqs, use, errors, absw, floor)
         fits += 1
-        fitted = sol.offsets[eqs.i] - sol.offsets[eqs.j]
-        residuals = eqs.b - fitted
-        if errors is not None:
-            scale = 1.0
-            normalized = residuals / errors
-            why = ""
-        else:
-            inner = use & informative & ~sol.bridges
-            scale, why = _robust_scale(residuals * absw, inner, sol.redundancy, floor)
-            normalized = residuals * absw / scale
         if reject_sigma is None:
             break
-        if why:
-            log.info("No outlier rejection: %s.", why)
+        if fit.why:
+            log.info("No outlier rejection: %s.", fit.why)
             break
-        # studentized residuals of the equations that look worst
-        candidates = np.flatnonzero(use & informative & ~sol.bridges)
-        order = np.lexsort((candidates, -np.abs(normalized[candidates])))
-        top = candidates[order[:_CANDIDATES]]
-        leverage = np.clip(sol.leverage(eqs, top), 0.0, _MAX_LEVERAGE)
-        student = np.abs(normalized[top]) / np.sqrt(1.0 - leverage)
-        above = student > reject_sigma
-        if not above.any():
+        worst = _outlier_round(eqs, fit, reject_sigma, outliers, max_iterations)
+        if worst is None:
             break
-        worst = int(top[np.argmax(np.where(above, student, -np.inf))])
-        if outliers == max_iterations:
-            log.warning(
-                "Outlier rejection stopped after %d rejection(s) (max_iterations); "
-                "%d pair(s) still exceed %g sigma.",
-                outliers,
-                int(above.sum()),
-                reject_sigma,
-            )
-            break
-        log.debug(
-            "Rejecting pair %d (groups %d, %d): studentized residual %.3g.",
-            worst,
-            eqs.i[worst],
-            eqs.j[worst],
-            student.max(),
-        )
         use[worst] = False
         rejected[worst] = _OUTLIER
         outliers += 1
     if reject_sigma is not None and outliers:
         log.info("%d outlier pair(s) rejected (> %g sigma).", outliers, reject_sigma)
     return FitResult(
-        offsets=sol.offsets,
-        fitted=fitted,
-        residuals=residuals,
-        normalized=normalized,
+        offsets=fit.sol.offsets,
+        fitted=fit.fitted,
+        residuals=fit.residuals,
+        normalized=fit.normalized,
         rejected=rejected,
         iterations=fits,
-        scale=scale,
+        scale=fit.scale,
     )
+
+
+def _check_fit_options(m, errors, reject_sigma, max_iterations):
+    """Check the options of `fit_offsets`; return ``errors`` as float64 (or None)."""
+    if reject_sigma is not None and not (np.isfinite(reject_sigma) and reject_sigma > 0):
+        raise ValueError(f"reject_sigma must be a positive number or None, got {reject_sigma!r}")
+    if int(max_iterations) != max_iterations or max_iterations < 0:
+        raise ValueError(f"max_iterations must be an integer >= 0, got {max_iterations!r}")
+    if errors is None:
+        return None
+    errors = np.asarray(errors, dtype=np.float64)
+    if errors.shape != (m,):
+        raise ValueError(f"errors has shape {errors.shape}; expected ({m},), one per pair")
+    bad = np.flatnonzero(~(np.isfinite(errors) & (errors > 0)))
+    if bad.size:
+        raise ValueError(f"errors[{bad[0]}] = {float(errors[bad[0]])!r}; errors must be positive")
+    return errors
+
+
+def _select_by_pixels(npix, min_pixels, m):
+    """Leave out the equations with fewer than ``min_pixels`` pixels.
+
+    Returns the ``(m,)`` mask of the equations to use and the ``(m,)``
+    list of rejection reasons (``'few pixels'`` or ``''``).
+    """
+    use = np.ones(m, dtype=bool)
+    rejected = [""] * m
+    if npix is None:
+        return use, rejected
+    npix = np.asarray(npix)
+    if npix.shape != (m,):
+        raise ValueError(f"npix has shape {npix.shape}; expected ({m},), one per pair")
+    few = npix < min_pixels
+    use &= ~few
+    for k in np.flatnonzero(few):
+        rejected[k] = _FEW_PIXELS
+    if few.any():
+        log.info(
+            "%d of %d pair(s) left out of the fit: fewer than %d usable pixel(s).",
+            int(few.sum()),
+            m,
+            min_pixels,
+        )
+    return use, rejected
+
+
+@dataclass
+class _Fit:
+    """One least-squares fit of `fit_offsets` and its residuals."""
+
+    sol: _Solution
+    fitted: np.ndarray
+    residuals: np.ndarray
+    normalized: np.ndarray
+    scale: float
+    why: str  # why there is no robust scale ('' when there is, or with errors)
+    inner: np.ndarray  # used equations that are informative and not bridges
+
+
+def _fit_once(eqs, use, errors, absw, floor):
+    """Solve with the equations ``use`` and normalize the residuals.
+
+    The residuals are divided by the ``errors`` when given, else weighted
+    by ``absw`` and divided by their robust scale (see `_robust_scale`;
+    ``floor`` is the smallest scale that is not rounding noise).
+    """
+    sol = _solve(eqs, use)
+    fitted = sol.offsets[eqs.i] - sol.offsets[eqs.j]
+    residuals = eqs.b - fitted
+    # equations that constrain the offsets at all and could be rejected
+    inner = use & (absw > 0) & ~sol.bridges
+    if errors is not None:
+        return _Fit(sol, fitted, residuals, residuals / errors, 1.0, "", inner)
+    scale, why = _robust_scale(residuals * absw, inner, sol.redundancy, floor)
+    return _Fit(sol, fitted, residuals, residuals * absw / scale, scale, why, inner)
+
+
+def _outlier_round(eqs, fit, reject_sigma, outliers, max_iterations):
+    """Return the equation to reject after ``fit``, or None when rejection stops.
+
+    The ``_CANDIDATES`` inner equations with the largest ``|normalized|``
+    get their studentized residual; the largest above ``reject_sigma`` is
+    rejected unless ``outliers`` (rejected so far) reached
+    ``max_iterations`` (then a WARNING is logged).
+    """
+    # studentized residuals of the equations that look worst
+    candidates = np.flatnonzero(fit.inner)
+    order = np.lexsort((candidates, -np.abs(fit.normalized[candidates])))
+    top = candidates[order[:_CANDIDATES]]
+    leverage = np.clip(fit.sol.leverage(eqs, top), 0.0, _MAX_LEVERAGE)
+    student = np.abs(fit.normalized[top]) / np.sqrt(1.0 - leverage)
+    above = student > reject_sigma
+    if not above.any():
+        return None
+    worst = int(top[np.argmax(np.where(above, student, -np.inf))])
+    if outliers == max_iterations:
+        log.warning(
+            "Outlier rejection stopped after %d rejection(s) (max_iterations); "
+            "%d pair(s) still exceed %g sigma.",
+            outliers,
+            int(above.sum()),
+            reject_sigma,
+        )
+        return None
+    log.debug(
+        "Rejecting pair %d (groups %d, %d): studentized residual %.3g.",
+        worst,
+        eqs.i[worst],
+        eqs.j[worst],
+        student.max(),
+    )
+    return worst

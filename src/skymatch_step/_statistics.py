@@ -55,6 +55,7 @@ __all__ = [
     "StatsError",
     "StatsOverflowError",
     "sorted_values",
+    "try_statistic",
 ]
 
 #: Names of the supported statistics.
@@ -176,6 +177,39 @@ class SortedValues:
     def size(self):
         """Number of values."""
         return self.values.size
+
+
+def try_statistic(stats, values, problems=None):
+    """Return the statistic of ``values``, or None when it cannot be computed.
+
+    Parameters
+    ----------
+    stats : SkyStatistics
+    values : ndarray or SortedValues
+    problems : set of str, optional
+        Overflow messages are added to it, for the caller to report with
+        the image's name.
+
+    Returns
+    -------
+    tuple or None
+        ``(value, npix)``, the value keeping the statistic's scalar type
+        (see `SkyStatistics.__call__`); None for no values, no values inside
+        the limits, an overflow or a non-finite result.
+    """
+    if values.size == 0:
+        return None
+    try:
+        value, npix = stats(values)
+    except StatsOverflowError as err:
+        if problems is not None:
+            problems.add(str(err))
+        return None
+    except StatsError:
+        return None
+    if not np.isfinite(value):
+        return None
+    return value, int(npix)
 
 
 def sorted_values(data, mask=None, *, overwrite=False):

@@ -134,11 +134,13 @@ def _run(args):
         )
         rows = []
         spreads = []
+        noises = []
         with result:
             for index in range(len(result)):
                 model = result.borrow(index)
                 name = Path(model.meta.filename).name
                 spreads.append(_spread(model.data, model.dq))
+                noises.append(_pixel_noise(model.data, model.dq))
                 rows.append(
                     (
                         name,
@@ -150,9 +152,12 @@ def _run(args):
                 )
                 result.shelve(model, index, modify=False)
     scatter = expected_scatter(spec, args.skystat, float(np.median(spreads)))
+    floor = 2.0 * float(np.median(noises)) / np.sqrt(overlap_pixels(spec))
     if args.outdir:
         print(f"Files kept in {outdir}; try: strun skymatch_step {truth.asn_path}")
-    return _report(rows, args.skymethod, scatter, args.skystat)
+    return _report(
+        rows, args.skymethod, scatter, args.skystat, noise_floor=floor, compare=args.compare
+    )
 
 
 def _spread(data, dq):
@@ -161,6 +166,20 @@ def _spread(data, dq):
     if values.size == 0:
         return np.nan
     return 1.4826 * float(np.median(np.abs(values - np.median(values))))
+
+
+def _pixel_noise(data, dq):
+    """Pixel noise of an image: robust spread of differences of adjacent pixels.
+
+    Smooth emission cancels in the differences, stars and cosmic rays are
+    few; the spread of a difference is sqrt(2) times the noise.
+    """
+    good = np.isfinite(data) & ((dq & 1) == 0)
+    pair = good[:, 1:] & good[:, :-1]
+    diffs = (data[:, 1:] - data[:, :-1])[pair]
+    if diffs.size == 0:
+        return np.nan
+    return 1.4826 * float(np.median(np.abs(diffs - np.median(diffs)))) / np.sqrt(2.0)
 
 
 def overlap_pixels(spec):
@@ -212,7 +231,7 @@ def expected_scatter(spec, skystat, spread):
     return float(spread * np.sqrt(a**2 / overlap_pixels(spec) + b**2))
 
 
-def _report(rows, skymethod, scatter, skystat):
+def _report(rows, skymethod, scatter, skystat, *, noise_floor=None, compare="statistics"):
     relative = "match" in skymethod
     true = np.array([r[2] for r in rows])
     found = np.array([np.nan if r[3] is None else r[3] for r in rows])
@@ -246,11 +265,36 @@ def _report(rows, skymethod, scatter, skystat):
     )
     ok = bool(worst <= tolerance) and bool(np.isfinite(errors).all())
     print(
-        "Recovered the true sky offsets within the tolerance."
+        f"Recovered the true sky offsets within the tolerance of the {skystat}'s scatter."
         if ok
         else "Some offsets are off by more than the tolerance (or were not measured)!"
     )
+    if noise_floor is not None and noise_floor > 0:
+        _compare_with_noise(worst, noise_floor, scatter, skystat, compare)
     return 0 if ok else 1
+
+
+#: Errors above this many pixel-noise floors are worth a word.
+_FAR_ABOVE_NOISE = 10.0
+
+
+def _compare_with_noise(worst, floor, scatter, skystat, compare):
+    """Say how the largest error compares with what the pixel noise alone allows."""
+    print(
+        f"Pixel-noise floor of an offset (the images' noise alone): {floor:.5f} MJy/sr; "
+        f"the largest error is {worst / floor:.1f} times it."
+    )
+    if worst <= _FAR_ABOVE_NOISE * floor:
+        return
+    if compare == "statistics":
+        print(
+            f"Each image's {skystat} over an overlap scatters {scatter / floor:.0f} times more "
+            "than that floor (it is taken from the overlap's pixel values, which the "
+            "emission spreads out). --compare differences compares the images pixel by "
+            "pixel at the same sky positions and comes close to the floor."
+        )
+    else:
+        print("The offsets are far above the pixel noise: the skies have structure.")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,7 +10,8 @@ from jwst.datamodels import ModelLibrary
 from jwst.pipeline import Image3Pipeline
 from stpipe.step import get_disable_crds_steppars
 
-from .step import SkymatchStep, _Library
+from ._library import adopt
+from .step import SkymatchStep
 
 __all__ = ["SkymatchImage3Pipeline"]
 
@@ -157,9 +158,7 @@ class SkymatchImage3Pipeline(Image3Pipeline):
     def _load_input_as_library(self, input_data):
         library = super()._load_input_as_library(input_data)
         if library is not input_data and type(library) is ModelLibrary:
-            # _Library adds no state, only a cached ``asn`` view, so the
-            # library jwst just built can take its class.
-            library.__class__ = _Library
+            adopt(library)
             self._skip_tweakreg_without_v2v3(library)
         return library
 
