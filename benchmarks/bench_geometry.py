@@ -7,7 +7,8 @@ each pair with spherical-geometry (``SphericalPolygon.intersection``, what
 jwst uses), with `skymatch_step._planar.intersect_footprints` (the bare
 planar clip) and with ``skymatch_step.engine.intersect_pair`` (what the
 step uses: the planar clip when it provably selects spherical-geometry's
-pixels, spherical-geometry otherwise), alternating them ``--repeats`` times.
+pixels, else spherical-geometry's graph replayed with its own arithmetic,
+else spherical-geometry itself), alternating them ``--repeats`` times.
 Reports the median time per pair of each, and the fraction of pairs the
 step's path leaves to spherical-geometry.
 

@@ -43,8 +43,8 @@ def main(argv=None):
     live = {}
     release = _memory.release
 
-    def probe(on_disk, *, settle=False):
-        release(on_disk, settle=settle)
+    def probe(on_disk, *, settle=False, pixels=None):
+        release(on_disk, settle=settle, pixels=pixels)
         if settle:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
             records.append((gc.get_freeze_count(), peak))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from astropy.modeling import models
@@ -9,18 +11,22 @@ from spherical_geometry import great_circle_arc
 from spherical_geometry.polygon import SphericalPolygon
 from spherical_geometry.vector import lonlat_to_vector, normalize_vector
 
-from conftest import load_benchmark
+from conftest import load_benchmark, scale_shift_wcs
 from skymatch_step import _overlaps
-from skymatch_step._footprints import image_footprint
+from skymatch_step._footprints import bounding_cap, image_footprint
 from skymatch_step._overlaps import (
     PairOverlap,
     _intersection,
+    candidate_pairs,
     intersect_pair,
     region_mask,
 )
 from skymatch_step._planar import (
     PlanarGeometryError,
+    _crosses,
+    _graph_replay,
     _normalize,
+    _on_arc,
     exact_intersection,
     intersect_footprints,
 )
@@ -39,6 +45,10 @@ class _Image:
         self.shape = tuple(int(n) for n in shape)
         self.footprint = image_footprint(self.shape, forward, stepsize)
         self._backward = backward
+
+    def inverse(self, ra, dec):
+        """Pixel coordinates of sky positions (what `_pair_pixels` maps the overlap with)."""
+        return self._backward(ra, dec)
 
     def pixels(self, area, pieces):
         """Pixels the overlap selects in this image (as the engine selects them)."""
@@ -410,9 +420,6 @@ class _FastImage(_Image):
             backward = forward.inverse
         super().__init__(shape, forward, backward, stepsize)
 
-    def inverse(self, ra, dec):
-        return self._backward(ra, dec)
-
 
 def _radial(k):
     px = models.Polynomial2D(3, c1_0=1.0, c3_0=k, c1_2=k)
@@ -534,7 +541,8 @@ def test_step_path_selects_spherical_geometry_pixels_on_aligned_grids():
     res = _compare_wired(150, seed=22, kinds=("aligned",))
     assert res["differ"] == []
     assert res["overlapping"] > 60
-    assert res["planar"] > 0.3 * res["pairs"]
+    # the exact path takes them (planar, or replaying spherical-geometry's graph)
+    assert res["planar"] > 0.95 * res["pairs"]
 
 
 def test_edge_crossed_twice_gives_spherical_geometry_vertices():
@@ -549,34 +557,6 @@ def test_edge_crossed_twice_gives_spherical_geometry_vertices():
     )
 
 
-@pytest.mark.parametrize(
-    ("shift", "shape"),
-    [
-        ((-40, 0), (40, 40)),  # shared edge
-        ((-40, -40), (40, 40)),  # touching corners
-        ((-40, -20), (40, 40)),  # half an edge
-        ((0, 0), (40, 40)),  # identical
-        ((0, 10), (10, 12)),  # nested on an edge
-        ((-20, 0), (40, 40)),  # shared corners
-        ((-39.99, -39.99), (40, 40)),  # a 1e-4 pixel^2 corner
-        ((-10, 15), (20, 10)),  # a vertex on the other's edge
-    ],
-)
-def test_degenerate_pairs_fall_back_to_spherical_geometry(shift, shape):
-    a = _tile(0, 0)
-    b = _tile(*shift, shape)
-    for first, second in ((a, b), (b, a)):
-        with pytest.raises(PlanarGeometryError, match="sensitive pair: "):
-            exact_intersection(first.footprint, second.footprint)
-        # spherical-geometry's own results vary from run to run in the
-        # starting vertex and the last bits of the area (its graph is a set).
-        got = intersect_pair(first.footprint, second.footprint)
-        ref = _intersection(first.footprint, second.footprint)
-        assert got.failed == ()
-        assert (got.first[0] == 0.0) == (ref[0] == 0.0)
-        assert _vertex_sets(got.first[1]) == _vertex_sets(ref[1])
-
-
 def _vertex_sets(pieces):
     return sorted(sorted(zip(ra[:-1], dec[:-1], strict=True)) for ra, dec in pieces)
 
@@ -587,6 +567,211 @@ def test_disjoint_pairs_are_exactly_empty():
         assert exact_intersection(a.footprint, _tile(*shift).footprint) == (0.0, [])
 
 
+# -- degenerate configurations: spherical-geometry's graph replayed ----------------------
+
+
+@pytest.fixture
+def no_spherical_geometry(monkeypatch):
+    """Make `intersect_pair`'s spherical-geometry fallback fail: the exact path must do."""
+
+    def fail(fp_a, fp_b):
+        raise AssertionError("the pair fell back to spherical-geometry")
+
+    monkeypatch.setattr(_overlaps, "_intersection", fail)
+
+
+def _assert_exact_path(a, b):
+    """`intersect_pair`, without fallback, gives spherical-geometry's result both ways.
+
+    The same vertices bit for bit (spherical-geometry's starting vertex
+    varies from run to run), an area zero exactly when spherical-geometry's
+    is (and within its rounding otherwise), and the same pixels in both
+    images.
+    """
+    for first, second in ((a, b), (b, a)):
+        got = intersect_pair(first.footprint, second.footprint)
+        ref = _intersection(first.footprint, second.footprint)  # the real one
+        assert got.failed == ()
+        assert (got.first[0] == 0.0) == (ref[0] == 0.0)
+        assert _vertex_sets(got.first[1]) == _vertex_sets(ref[1])
+        if ref[0] > 0.0:
+            # spherical-geometry's sum of angles is good to ~1e-14 sr; ours is exact
+            assert got.first[0] == pytest.approx(ref[0], rel=1e-9, abs=5e-14)
+        want = _pair_pixels(PairOverlap(ref, ref), (first, second))
+        have = _pair_pixels(got, (first, second))
+        for (w_empty, w_mask), (h_empty, h_mask) in zip(want, have, strict=True):
+            assert h_empty == w_empty
+            np.testing.assert_array_equal(h_mask, w_mask)
+
+
+@pytest.mark.parametrize(
+    ("shift", "shape"),
+    [
+        ((-40, 0), (40, 40)),  # shares a whole edge
+        ((-40, -20), (40, 40)),  # shares half an edge (collinear, overlapping edges)
+        ((-40, 10), (40, 20)),  # an edge within the other's (two corners on it)
+        ((-40, -40), (40, 40)),  # corners touch
+        ((-40, 40), (40, 40)),  # corners touch, the other diagonal
+        ((0, 0), (40, 40)),  # identical
+        ((-20, 0), (40, 40)),  # collinear edges, shared corners
+        ((-20, -7), (40, 40)),  # edges crossed twice
+        ((-39, 0), (40, 40)),  # a one-pixel column
+        ((-39, -39), (40, 40)),  # one corner pixel
+        ((-39.5, -0.5), (40, 40)),  # half a pixel
+        ((-39.99, -39.99), (40, 40)),  # a 1e-4 pixel^2 corner
+        ((0, 10), (10, 12)),  # nested on an edge
+        ((0, 0), (10, 12)),  # nested in a corner
+        ((10, 10), (10, 12)),  # nested
+        ((-10, 15), (20, 10)),  # a vertex on the other's edge
+        ((-40.000001, 0), (40, 40)),  # disjoint by 1e-6 pixel
+    ],
+)
+def test_degenerate_tile_pairs_take_the_exact_path(shift, shape, no_spherical_geometry):
+    # Tiles of one pixel grid: edges on each other's great circles (to the
+    # last bit), corners on edges and on corners.
+    _assert_exact_path(_tile(0, 0), _tile(*shift, shape))
+
+
+def _candidate_pairs(images):
+    caps = [bounding_cap(im.footprint) for im in images]
+    return candidate_pairs(caps, list(range(len(images))))
+
+
+def _scale_shift_grid(step, n=3, shape=(40, 40)):
+    """``n x n`` tiles of one pixel grid (``scale_shift_wcs``), ``step`` pixels apart."""
+    images = []
+    for row in range(n):
+        for col in range(n):
+            wcs = scale_shift_wcs(col * step, row * step)
+            images.append(_Image(shape, wcs.forward_transform, wcs.backward_transform))
+    return images
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        36,  # 10% overlaps
+        39,  # one-pixel overlaps
+        40,  # shared edges, touching corners
+        30,  # quarter overlaps: corners of diagonal neighbours on edges
+        35.5,  # half-pixel overlaps
+    ],
+)
+def test_scale_shift_grid_takes_the_exact_path(step, no_spherical_geometry):
+    images = _scale_shift_grid(step)
+    pairs = _candidate_pairs(images)
+    assert len(pairs) >= 20
+    for i, j in pairs:
+        _assert_exact_path(images[i], images[j])
+
+
+def _gwcs_grid(rotation, step, n=3, size=32):
+    """``n x n`` images of their own gwcs (``make_gwcs``), laid out as a mosaic.
+
+    The centres are ``step`` pixels apart on the pixel grid of one large
+    reference WCS, every image with the same ``rotation``: neighbouring
+    edges are nearly, not exactly, on one great circle.
+    """
+    ref = make_gwcs((n * size, n * size), 150.1, 2.2, rotation)
+    mid = (n * size - 1) / 2.0
+    images = []
+    for row in range(n):
+        for col in range(n):
+            x = mid + (col - (n - 1) / 2.0) * step
+            y = mid + (row - (n - 1) / 2.0) * step
+            ra, dec = ref.forward_transform(x, y, with_bounding_box=False)
+            wcs = make_gwcs((size, size), float(ra), float(dec), rotation)
+            images.append(
+                _Image(
+                    (size, size),
+                    functools.partial(wcs.forward_transform, with_bounding_box=False),
+                    functools.partial(wcs.backward_transform, with_bounding_box=False),
+                )
+            )
+    return images
+
+
+@pytest.mark.parametrize("rotation", [0.0, 17.0])
+@pytest.mark.parametrize("step", [28.8, 31.0, 32.0])  # 10%, 1-pixel overlaps, touching
+def test_gwcs_mosaic_grid_takes_the_exact_path(rotation, step, no_spherical_geometry):
+    images = _gwcs_grid(rotation, step)
+    pairs = _candidate_pairs(images)
+    assert len(pairs) >= 20
+    for i, j in pairs:
+        _assert_exact_path(images[i], images[j])
+
+
+def _stepped_tiles(rng):
+    """Two tiles of one pixel grid with vertices every few pixels along their edges."""
+    ra, dec = _place(rng)
+    scale = float(rng.choice([0.031, 0.11]))
+    rot = float(rng.choice([0.0, 90.0, 17.0]))
+    shape_a = tuple(int(n) for n in rng.integers(16, 40, 2))
+    shape_b = tuple(int(n) for n in rng.integers(16, 40, 2))
+    unit = float(rng.choice([1.0, 0.5]))
+    sx = unit * rng.integers(-int(shape_b[1] / unit) - 1, int(shape_a[1] / unit) + 2)
+    sy = unit * rng.integers(-int(shape_b[0] / unit) - 1, int(shape_a[0] / unit) + 2)
+    step = int(rng.choice([8, 16]))
+    a = _FastImage(shape_a, ra, dec, rot, scale, crpix=(0.0, 0.0), stepsize=step)
+    b = _FastImage(shape_b, ra, dec, rot, scale, crpix=(-sx, -sy), stepsize=step)
+    return a, b
+
+
+def test_graph_replay_gives_spherical_geometry_vertices_on_random_degenerate_pairs():
+    # Aligned tiles (whole and half-pixel shifts, corners only or vertices
+    # along the edges: collinear edges within each footprint too), the
+    # replay alone against spherical-geometry.
+    rng = np.random.default_rng(31)
+    counts = {"pairs": 0, "overlapping": 0, "refused": 0}
+    for k in range(120):
+        a, b = _stepped_tiles(rng) if k % 2 else _fast_pair(rng, "aligned")
+        try:
+            ref = _intersection(a.footprint, b.footprint)
+        except Exception:  # whatever it raises, the replay must refuse
+            ref = None
+        try:
+            got = _graph_replay(a.footprint, b.footprint)
+        except PlanarGeometryError:
+            counts["refused"] += 1
+            continue
+        assert ref is not None, k
+        counts["pairs"] += 1
+        counts["overlapping"] += ref[0] > 0.0
+        assert (got[0] == 0.0) == (ref[0] == 0.0), k
+        assert _vertex_sets(got[1]) == _vertex_sets(ref[1]), k
+    assert counts["refused"] <= 6, counts
+    assert counts["overlapping"] > 60, counts
+
+
+def test_fast_predicates_decide_as_spherical_geometry():
+    # Arcs 1e-5 rad long, the other arc's ends on or near their great circle
+    # (down to 1e-20 rad away): what double precision cannot decide goes to
+    # spherical-geometry's own (quad-double) functions.
+    rng = np.random.default_rng(7)
+
+    def unit(v):
+        return v / np.sqrt(np.sum(v * v, axis=-1))[:, None]
+
+    n = 20000
+    a = unit(rng.normal(size=(n, 3)))
+    b = unit(a + 1e-5 * unit(np.cross(a, rng.normal(size=(n, 3)))))
+    off = rng.choice([0.0, 1e-20, 1e-16, 1e-12, 1e-6], (n, 1))
+    c = unit(a + (b - a) * rng.uniform(-1, 2, (n, 1)) + off * unit(rng.normal(size=(n, 3))))
+    d = unit(a + (b - a) * rng.uniform(-1, 2, (n, 1)) + off * unit(rng.normal(size=(n, 3))))
+    d[:100] = c[:100]  # an arc of zero length
+    c[100:200] = a[100:200]  # a shared end
+    np.testing.assert_array_equal(_crosses(a, b, c, d), great_circle_arc.intersects(a, b, c, d))
+    m = 3000
+    e = unit(a[:m] + (b[:m] - a[:m]) * rng.uniform(-0.5, 1.5, (m, 1)))
+    e += rng.choice([0.0, 1e-10, 5e-11, 2e-10], (m, 1)) * unit(rng.normal(size=(m, 3)))
+    np.testing.assert_array_equal(
+        _on_arc(a[:m], b[:m], e), great_circle_arc.intersects_point(a[:m], b[:m], e)
+    )
+
+
+# -- what still falls back to spherical-geometry ----------------------------------------
+
+
 def test_multi_part_footprints_fall_back():
     left, right = _tile(0, 0), _tile(-60, 0)
     both = SphericalPolygon([left.footprint.polygons[0], right.footprint.polygons[0]])
@@ -594,8 +779,51 @@ def test_multi_part_footprints_fall_back():
         exact_intersection(both, _tile(-50, -5, (30, 80)).footprint)
 
 
+def test_pair_spherical_geometry_fails_on_is_left_to_it():
+    # Here spherical-geometry's trace meets a self-loop (a crossing merged
+    # into an end of its arc) and fails; the replay sees the self-loop and
+    # refuses, so the pair goes to spherical-geometry as before.
+    a, b = _tile(0, 0), _tile(-40, 1)
+    with pytest.raises(ValueError, match="No more edges to follow"):
+        _intersection(a.footprint, b.footprint)
+    with pytest.raises(PlanarGeometryError, match="self-loop"):
+        exact_intersection(a.footprint, b.footprint)
+
+
+def test_set_order_dependent_merge_falls_back():
+    # A corner of B within 2**-32 (in every component) of two vertices of A
+    # (1.5 * 2**-32 apart, so not merged): spherical-geometry merges it into
+    # whichever its set of nodes lists first, which changes from run to run.
+    def vec(ra, dec):
+        return np.array(lonlat_to_vector(ra, dec))
+
+    tiny = np.array([0.0, 0.0, 2.0**-32])
+    corner = vec(10.0, 0.0)
+    a = SphericalPolygon(
+        np.array(
+            [corner, vec(10.001, 0.0), vec(10.001, 0.001), vec(10.0, 0.001), corner + 1.5 * tiny]
+        )
+    )
+    b = SphericalPolygon(
+        np.array([corner + 0.75 * tiny, vec(10.0005, 0.0), vec(10.0005, 0.0005), vec(10.0, 0.0005)])
+    )
+    with pytest.raises(PlanarGeometryError, match=r"within 2\*\*-32 of two nodes"):
+        exact_intersection(a, b)
+
+
+def test_other_spherical_geometry_version_is_not_replayed(monkeypatch):
+    # The replay follows spherical-geometry 1.4; with another version the
+    # pairs the planar proof refuses go to spherical-geometry itself.
+    import spherical_geometry
+
+    monkeypatch.setattr(spherical_geometry, "__version__", "1.5.0")
+    a, b = _tile(0, 0), _tile(-40, 0)
+    with pytest.raises(PlanarGeometryError, match=r"follows spherical-geometry 1\.4\.x"):
+        exact_intersection(a.footprint, b.footprint)
+
+
 def test_malformed_spherical_intersection_keeps_jwsts_fallback(monkeypatch):
-    # A pair the planar path refuses goes to spherical-geometry; when that
+    # A pair the exact path refuses goes to spherical-geometry; when that
     # fails, each image falls back to its whole footprint, as in jwst.
     from spherical_geometry.polygon import MalformedPolygonError
 
@@ -603,10 +831,13 @@ def test_malformed_spherical_intersection_keeps_jwsts_fallback(monkeypatch):
         raise MalformedPolygonError("test")
 
     monkeypatch.setattr(_overlaps, "_intersection", fail)
-    a, b = _tile(0, 0), _tile(-40, 0)
-    got = intersect_pair(a.footprint, b.footprint)
+    left, right = _tile(0, 0), _tile(-60, 0)
+    both = SphericalPolygon([left.footprint.polygons[0], right.footprint.polygons[0]])
+    cover = _tile(-50, -5, (30, 80)).footprint
+    got = intersect_pair(both, cover)
     assert got.failed == ("i", "j")
-    assert got.first[0] == pytest.approx(abs(a.footprint.area()))
+    assert got.first[0] == pytest.approx(abs(both.area()))
+    assert got.second[0] == pytest.approx(abs(cover.area()))
 
 
 def _pair_pixels(overlap, images):

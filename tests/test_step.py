@@ -66,6 +66,7 @@ def test_spec_matches_jwst():
     assert set(ours) - set(theirs) == {
         "maximum_cores",
         "compare",
+        "sky_model",
         "anchor_sets",
         "grouping",
         "min_pair_pixels",
@@ -436,8 +437,8 @@ def test_on_disk_run_frozen_objects_hold_no_released_wcs(mosaic_on_disk, monkeyp
     trapped = []
     release = _memory.release
 
-    def release_and_check(on_disk, *, settle=False):
-        release(on_disk, settle=settle)
+    def release_and_check(on_disk, *, settle=False, pixels=None):
+        release(on_disk, settle=settle, pixels=pixels)
         if settle and _memory.FREEZING.active:
             gc.unfreeze()
             gc.set_debug(gc.DEBUG_SAVEALL)
@@ -453,9 +454,10 @@ def test_on_disk_run_frozen_objects_hold_no_released_wcs(mosaic_on_disk, monkeyp
     monkeypatch.setattr(_model_inputs, "release", release_and_check)
     monkeypatch.setattr(_writeback, "release", release_and_check)
     SkymatchStep.call(str(mosaic_on_disk.asn_path), in_memory=False, maximum_cores="1")
-    # one check per model in the WCS pass and one per model in the write-back
-    assert len(trapped) == 16
-    assert trapped == [0] * 16
+    # one check per model in the WCS pass (the write-back is deferred to
+    # stpipe's last pass, after the step's collections end)
+    assert len(trapped) == 8
+    assert trapped == [0] * 8
 
 
 def test_on_disk_release_sweeps_garbage_that_was_frozen(monkeypatch):
@@ -490,11 +492,10 @@ def test_on_disk_release_sweeps_garbage_that_was_frozen(monkeypatch):
 
 
 def test_on_disk_run_validates_each_file_on_its_first_read_only(mosaic_on_disk, monkeypatch):
-    # The step reads an on-disk model for its WCS, its pixels and the
-    # write-back, and stpipe reads it once more to record the software
-    # version. Only the first read validates the file against its schemas;
-    # the others open files already validated in this run (the input, or
-    # the temporary copy the write-back saved and validated).
+    # The step reads an on-disk model for its WCS and its pixels; stpipe's
+    # last pass reads it once more, and the step's results are written
+    # there. Only the first read validates the file against its schemas;
+    # the others open a file already validated in this run.
     import asdf
 
     from skymatch_step._library import StepLibrary
@@ -509,11 +510,67 @@ def test_on_disk_run_validates_each_file_on_its_first_read_only(mosaic_on_disk, 
     monkeypatch.setattr(StepLibrary, "_datamodels_open", recording_open)
     library = SkymatchStep.call(str(mosaic_on_disk.asn_path), in_memory=False, maximum_cores="1")
     names = [f.name for f in mosaic_on_disk.files]
-    # WCS pass (validated), pixel pass, write-back, stpipe's last pass.
-    assert opens == [(name, True) for name in names] + [(name, False) for name in names] * 3
+    # WCS pass (validated), pixel pass, and stpipe's last pass, which also
+    # writes the results (the step's own on-disk library: no separate
+    # write-back pass).
+    assert opens == [(name, True) for name in names] + [(name, False) for name in names] * 2
     assert asdf.get_config().validate_on_read  # restored after the run
     with library:
         model = library.borrow(0)
         assert model.meta.cal_step.skymatch == "COMPLETE"
         assert model.meta.calibration_software_version  # stpipe's last pass ran
         library.shelve(model, 0, modify=False)
+
+
+def test_on_disk_results_are_seen_before_stpipes_last_pass(mosaic_on_disk):
+    # The step's own on-disk library gets its results in stpipe's last pass;
+    # a caller reading the models before that pass (process() called
+    # directly, a post hook) sees them too, also after a shelve that did
+    # not save, and the subtraction is never applied twice.
+    asn = str(mosaic_on_disk.asn_path)
+    expected = library_results(SkymatchStep.call(asn, subtract=True))
+    step = SkymatchStep(in_memory=False, subtract=True)
+    library = step.process(asn)
+    with library:
+        model = library.borrow(0)
+        first = np.array(model.data, copy=True)
+        library.shelve(model, 0, modify=False)
+        model = library.borrow(0)
+        np.testing.assert_array_equal(model.data, first)
+        library.shelve(model, 0, modify=False)
+        model = library.borrow(1)
+        library.shelve(model, 1)  # saved with its results
+    seen = library_results(library)  # borrows, shelves without saving
+    again = library_results(library)
+    for rows in (seen, again):
+        for a, b in zip(rows, expected, strict=True):
+            assert a[1:5] == b[1:5]
+            np.testing.assert_array_equal(a[5], b[5])
+    library.finalize_result(step, [])  # stpipe's last pass: nothing applied twice
+    for a, b in zip(library_results(library), expected, strict=True):
+        assert a[1:5] == b[1:5]
+        np.testing.assert_array_equal(a[5], b[5])
+
+
+@pytest.mark.parametrize("subtract", [False, True])
+def test_on_disk_run_saves_each_model_once(mosaic_on_disk, monkeypatch, subtract):
+    # The step's own on-disk library is written in stpipe's last pass (which
+    # reads and saves every model anyway), not in a write-back of its own:
+    # one save per model, and the same results as in memory.
+    from skymatch_step._library import StepLibrary
+
+    saves = []
+    original = StepLibrary._temp_path_for_model
+
+    def recording(self, model, index):
+        saves.append(index)
+        return original(self, model, index)
+
+    monkeypatch.setattr(StepLibrary, "_temp_path_for_model", recording)
+    asn = str(mosaic_on_disk.asn_path)
+    on_disk = library_results(SkymatchStep.call(asn, in_memory=False, subtract=subtract))
+    assert sorted(saves) == list(range(len(mosaic_on_disk.files)))
+    in_memory = library_results(SkymatchStep.call(asn, subtract=subtract))
+    for a, b in zip(on_disk, in_memory, strict=True):
+        assert a[:5] == b[:5]
+        np.testing.assert_array_equal(a[5], b[5])

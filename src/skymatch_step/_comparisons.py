@@ -52,7 +52,7 @@ class Comparison(ABC):
     runs_remotely: ClassVar[bool] = False
 
     @abstractmethod
-    def start(self, layout, stats):
+    def start(self, layout, stats, sky_model=None):
         """Begin comparing the images of ``layout``.
 
         Parameters
@@ -61,6 +61,8 @@ class Comparison(ABC):
             The images, groups and overlapping pairs.
         stats : SkyStatistics
             The statistic settings (clipping, usable range).
+        sky_model : SkyModel, optional
+            The sky model; it completes each pair's measurement.
 
         Returns
         -------
@@ -175,7 +177,12 @@ class StatisticsComparison(Comparison):
     name: ClassVar[str] = "statistics"
     runs_remotely: ClassVar[bool] = True
 
-    def start(self, layout, stats):
+    def start(self, layout, stats, sky_model=None):
+        if sky_model is not None and sky_model.needs_positions:
+            raise ValueError(
+                f"sky_model={sky_model.name!r} needs compare='differences': the plane is fitted "
+                "to pixel differences at the same sky positions."
+            )
         return _StatisticsRun(layout, stats)
 
 
@@ -284,9 +291,13 @@ class DifferencesComparison(Comparison):
     grid_step: int = 32
     grid_tolerance: float = 0.005
 
-    def start(self, layout, stats):
+    def start(self, layout, stats, sky_model=None):
         collector = DifferenceCollector(
-            layout, stats, grid_step=self.grid_step, grid_tolerance=self.grid_tolerance
+            layout,
+            stats,
+            grid_step=self.grid_step,
+            grid_tolerance=self.grid_tolerance,
+            sky_model=sky_model,
         )
         return _DifferencesRun(collector)
 
@@ -310,6 +321,12 @@ class _DifferencesRun(ComparisonRun):
                 difference=float(d.difference),
                 error=float(d.error),
                 weight=1.0 / float(d.error),
+                pixel_error=float(d.pixel_error),
+                block_error=float(d.block_error),
+                centre=d.centre,
+                plane=d.plane,
+                plane_cov=d.plane_cov,
+                moments=d.moments,
             )
             for d in self._collector.results()
         ]

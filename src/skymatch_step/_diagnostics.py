@@ -220,10 +220,67 @@ def diagnostics_tables(result: SkyResult, *, unit=None):
         "n_groups": len(gnames),
         "n_pairs": len(result.pairs),
         "n_rejected": sum(1 for p in result.pairs if p.rejected),
+        "sky_model": result.sky_model,
+        "excess": float(result.excess),
+        "chi2_pixel": float(result.chi2_pixel),
     }
+    if result.tangent is not None:
+        meta["tangent_ra"] = float(result.tangent.ra0)
+        meta["tangent_dec"] = float(result.tangent.dec0)
     pairs = _pairs_table(result.pairs, gnames, meta, data_unit, unit_note)
     images = _images_table(result, names, gnames, meta, data_unit, unit_note)
+    _add_fit_columns(result, pairs, images, data_unit, unit_note)
     return pairs, images
+
+
+def _add_fit_columns(result, pairs, images, data_unit, unit_note):
+    """Errors, uncertainties and, for planes, the planes (see `diagnostics_tables`)."""
+    recs = result.pairs
+
+    def col(table, name, values, description, unit=data_unit):
+        table[name] = np.asarray(values, dtype=float)
+        table[name].description = description
+        if unit is not None:
+            table[name].unit = unit
+
+    col(
+        pairs,
+        "pixel_error",
+        [p.pixel_error for p in recs],
+        "error from pixel noise alone" + unit_note,
+    )
+    col(
+        pairs,
+        "block_error",
+        [p.block_error for p in recs],
+        "error from the scatter between blocks of the overlap (NaN: not measured)" + unit_note,
+    )
+    nimg = len(images)
+    uncertainty = np.asarray(result.uncertainties, dtype=float)
+    if uncertainty.size != nimg:
+        uncertainty = np.full(nimg, np.nan)
+    col(
+        images,
+        "uncertainty",
+        uncertainty,
+        "1-sigma uncertainty of level relative to its set's mean (NaN: unknown)" + unit_note,
+    )
+    if result.planes is None:
+        return
+    slope = None if data_unit is None else data_unit / u.deg
+    centre = np.array([p.centre if p.centre is not None else (np.nan, np.nan) for p in recs])
+    centre = centre.reshape(len(recs), 2)
+    col(pairs, "xi", centre[:, 0], "tangent-plane xi of the overlap's centre", u.deg)
+    col(pairs, "eta", centre[:, 1], "tangent-plane eta of the overlap's centre", u.deg)
+    plane = np.array([p.plane if p.plane is not None else (np.nan,) * 3 for p in recs])
+    plane = plane.reshape(len(recs), 3)
+    col(pairs, "slope_xi", plane[:, 1], "measured d(sky(a) - sky(b))/dxi", slope)
+    col(pairs, "slope_eta", plane[:, 2], "measured d(sky(a) - sky(b))/deta", slope)
+    planes = np.array([p if p is not None else (np.nan,) * 3 for p in result.planes])
+    planes = planes.reshape(nimg, 3)
+    col(images, "plane_value", planes[:, 0], "sky plane at the tangent point" + unit_note)
+    col(images, "plane_slope_xi", planes[:, 1], "sky plane's d/dxi", slope)
+    col(images, "plane_slope_eta", planes[:, 2], "sky plane's d/deta", slope)
 
 
 def _pairs_table(recs, gnames, meta, data_unit, unit_note):

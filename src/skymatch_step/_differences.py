@@ -86,6 +86,8 @@ __all__ = [
     "DifferenceCollector",
     "DifferencesAborted",
     "PairDifference",
+    "Pooled",
+    "clipped_mean",
     "clipped_median",
     "collect_samples",
     "compare_samples",
@@ -130,6 +132,24 @@ class PairDifference:
     spread : float
         Robust standard deviation of the pixel differences
         (``1.4826 * MAD`` of the clipped selection).
+    pixel_error : float
+        The error the pixel noise alone gives (``error`` unless the sky
+        model found more scatter between parts of the overlap).
+    block_error : float
+        The error from the scatter of the difference between blocks of the
+        overlap (a block jackknife); NaN when not measured.
+    centre : tuple of float or None
+        ``(xi, eta)`` tangent-plane centroid of the differences used
+        (degrees); None when positions were not recorded.
+    plane : ndarray or None
+        With a plane sky model: ``sky(a) - sky(b)`` as a plane in the
+        tangent plane, ``(value at the centroid, d/dxi, d/deta)`` (per
+        degree); ``difference`` is its value at the centroid.
+    plane_cov : ndarray or None
+        3x3 covariance of ``plane``.
+    moments : ndarray or None
+        2x2 covariance of the differences' positions about ``centre``
+        (degrees squared): the overlap's extent, for the plane fit.
     """
 
     a: int
@@ -138,6 +158,16 @@ class PairDifference:
     difference: float
     error: float
     spread: float
+    pixel_error: float = math.nan
+    block_error: float = math.nan
+    centre: tuple | None = None
+    plane: np.ndarray | None = None
+    plane_cov: np.ndarray | None = None
+    moments: np.ndarray | None = None
+
+    def __post_init__(self):
+        if math.isnan(self.pixel_error):
+            self.pixel_error = self.error
 
 
 @dataclass
@@ -169,6 +199,10 @@ class _Part:
     noise_sum: float = 0.0
     noise_marginal: float = 0.0
     sum_abs: float = 0.0  # sum of |data_i| over the samples
+    # Position of each difference in the mosaic's tangent plane (degrees,
+    # float32), when the collector was given one.
+    xi: np.ndarray | None = None
+    eta: np.ndarray | None = None
 
 
 _EMPTY_PART = _Part(np.zeros(0, dtype=np.float32))
@@ -233,16 +267,16 @@ def clipped_median(values, *, nclip=5, lsigma=4.0, usigma=4.0, subsample=1 << 15
     return med, spread, int(sel.size)
 
 
-def _clipped_mean(values, median, spread, *, width=_MEAN_WIDTH, iterations=5):
+def clipped_mean(values, median, spread, *, width=_MEAN_WIDTH, iterations=5):
     """Mean and standard deviation of the values within ``width * spread`` of the centre.
 
     The centre starts at ``median`` and moves to the mean of the kept
     values, at most ``iterations`` times (until the selection no longer
-    changes). Returns ``(mean, std, n)``; ``n = 0`` when ``spread`` is not
-    positive.
+    changes). Returns ``(mean, std, n, kept)``, ``kept`` the selection;
+    ``n = 0`` (and ``kept`` None) when ``spread`` is not positive.
     """
     if not spread > 0:
-        return math.nan, math.nan, 0
+        return math.nan, math.nan, 0, None
     centre = median
     kept = None
     for _ in range(iterations):
@@ -255,10 +289,10 @@ def _clipped_mean(values, median, spread, *, width=_MEAN_WIDTH, iterations=5):
         kept = keep
         sel = values[keep]
         if sel.size < 2:
-            return math.nan, math.nan, 0
+            return math.nan, math.nan, 0, None
         centre = float(np.mean(sel, dtype=np.float64))
     std = float(np.std(sel, dtype=np.float64, ddof=1))
-    return centre, std, int(sel.size)
+    return centre, std, int(sel.size), kept
 
 
 def _median_spread(values, guess=None):
@@ -335,7 +369,7 @@ class _PositionMap:
     pixels (a step of 1 is exact).
     """
 
-    def __init__(self, forward, inverse, origin, box, *, step=32, tolerance=0.005):
+    def __init__(self, forward, inverse, origin, box, *, step=32, tolerance=0.005, tangent=None):
         r0, c0 = origin
         h, w = box
         step = max(1, int(step))
@@ -371,15 +405,32 @@ class _PositionMap:
         self._ccell = ccell
         self._nxn = xs.size
         self._xs, self._ys, self._mx, self._my = xs, ys, mx, my
+        self._rows_sky = None
+        if tangent is not None:
+            # The samples' positions in the mosaic's tangent plane, from the
+            # same nodes (smooth over a node cell, like the pixel positions).
+            xi, eta = tangent(*forward(gx, gy))
+            self._rows_sky = (
+                xi[rcell] * (1.0 - rf) + xi[rcell + 1] * rf,
+                eta[rcell] * (1.0 - rf) + eta[rcell + 1] * rf,
+            )
 
     def __call__(self, row, col):
         """Positions ``(x, y)`` in the second image of box pixels ``(row, col)``."""
+        return self._interpolate((self._rows_x, self._rows_y), row, col)
+
+    def sky(self, row, col):
+        """Tangent-plane positions ``(xi, eta)`` (float32) of box pixels ``(row, col)``."""
+        xi, eta = self._interpolate(self._rows_sky, row, col)
+        return xi.astype(np.float32), eta.astype(np.float32)
+
+    def _interpolate(self, grids, row, col):
         k = row * self._nxn
         k += self._ccell[col]
         f = self._cfrac[col]
         k1 = k + 1
         out = []
-        for grid in (self._rows_x, self._rows_y):
+        for grid in grids:
             flat = grid.reshape(-1)
             lo = flat[k]
             hi = flat[k1]
@@ -473,6 +524,9 @@ class DifferenceCollector:
         evaluated (see the module docstring).
     grid_tolerance : float, optional
         Largest interpolation error of the mapped positions, in pixels.
+    sky_model : SkyModel, optional
+        Completes each pair's measurement from its pooled differences and
+        their positions in ``layout.tangent`` (`reduce_differences`).
 
     Attributes
     ----------
@@ -494,7 +548,7 @@ class DifferenceCollector:
     holding a lock that those need.
     """
 
-    def __init__(self, layout, stats=None, *, grid_step=32, grid_tolerance=0.005):
+    def __init__(self, layout, stats=None, *, grid_step=32, grid_tolerance=0.005, sky_model=None):
         self._images = list(layout.images)
         n = len(self._images)
         self._groups = [int(g) for g in layout.groups]
@@ -507,6 +561,8 @@ class DifferenceCollector:
         self._clip = {"nclip": int(stats.nclip), "lsigma": stats.lsigma, "usigma": stats.usigma}
         self._range = (stats.lower, stats.upper)
         self._grid = {"step": int(grid_step), "tolerance": float(grid_tolerance)}
+        self._sky_model = sky_model
+        self._tangent = getattr(layout, "tangent", None) if sky_model is not None else None
         self._overlaps = layout.pair_overlaps
         self._below = [[] for _ in range(n)]  # partners i < k
         self._above = [[] for _ in range(n)]  # partners j > k
@@ -687,6 +743,7 @@ class DifferenceCollector:
             value_range=self._range,
             names=(self._names[i], self._names[j]),
             flip=self._groups[i] > self._groups[j],
+            tangent=self._tangent,
         )
 
     def _add(self, i, k, part):
@@ -699,7 +756,7 @@ class DifferenceCollector:
             if self._remaining[key]:
                 return
             del self._parts[key]
-        result = reduce_differences(key, parts, self._clip)
+        result = reduce_differences(key, parts, self._clip, self._sky_model)
         with self._cond:
             self._track(pooled=-sum(p.diffs.nbytes for p in parts.values()))
             if result is not None:
@@ -818,7 +875,7 @@ def _sample_bilinear(x, y, flat_data, flat_mask, shape, value_range):
 
 
 def compare_samples(
-    samples, image_i, image_j, flat_data, flat_mask, *, grid, value_range, names, flip
+    samples, image_i, image_j, flat_data, flat_mask, *, grid, value_range, names, flip, tangent=None
 ):
     """Differences ``data_i - data_j`` of one image pair at the same sky positions.
 
@@ -838,6 +895,8 @@ def compare_samples(
         The two images' names, for messages.
     flip : bool
         Negate the differences (image ``i``'s group is the pair's second).
+    tangent : TangentPlane, optional
+        Also record each difference's position in this plane.
 
     Returns
     -------
@@ -846,7 +905,9 @@ def compare_samples(
     ny, nx = image_j.shape
     if nx < 2 or ny < 2:
         return _EMPTY_PART
-    pmap = _PositionMap(image_i.forward, image_j.inverse, samples.origin, samples.box, **grid)
+    pmap = _PositionMap(
+        image_i.forward, image_j.inverse, samples.origin, samples.box, **grid, tangent=tangent
+    )
     log.debug(
         "Positions of %s in %s interpolated every %d pixels (error %.2g pixel).",
         names[0],
@@ -857,7 +918,8 @@ def compare_samples(
     rows = samples.rows()
     var_i = _adjacent_variance(samples.values, rows, samples.cols)
     x, y = pmap(rows, samples.cols)
-    del rows
+    if tangent is None:
+        del rows
     sampled = _sample_bilinear(x, y, flat_data, flat_mask, (ny, nx), value_range)
     del x, y
     good = sampled.good
@@ -885,11 +947,19 @@ def compare_samples(
     if flip:
         np.negative(diffs, out=diffs)
     ratio, q = _noise_terms(sampled, keep, n, var_i)
+    xi = eta = None
+    if tangent is not None:
+        where = np.arange(rows.size) if sampled.sel is None else sampled.sel
+        if keep is not None:
+            where = where[keep]
+        xi, eta = pmap.sky(rows[where], samples.cols[where])
     return _Part(
         diffs.astype(np.float32),
         noise_sum=n * (1.0 + ratio * pmap.density()),
         noise_marginal=n * (1.0 + ratio * q),
         sum_abs=float(np.sum(np.abs(own), dtype=np.float64)),
+        xi=xi,
+        eta=eta,
     )
 
 
@@ -909,7 +979,7 @@ def _noise_terms(sampled, keep, n, var_i):
     return ratio, q
 
 
-def reduce_differences(key, parts, clip):
+def reduce_differences(key, parts, clip, sky_model=None):
     """Pool a group pair's differences (in image-pair order) and reduce them.
 
     Parameters
@@ -920,6 +990,11 @@ def reduce_differences(key, parts, clip):
         ``{(i, j): _Part}`` of its image pairs.
     clip : dict
         ``nclip``, ``lsigma`` and ``usigma`` of `clipped_median`.
+    sky_model : SkyModel, optional
+        Completes the measurement from the pooled differences and their
+        positions (`SkyModel.measure_pair`): the error from the scatter
+        between parts of the overlap, a plane. Without it, the difference
+        and its pixel-noise error.
 
     Returns
     -------
@@ -934,11 +1009,13 @@ def reduce_differences(key, parts, clip):
     diffs = np.concatenate([p.diffs for p in ordered]) if len(ordered) > 1 else ordered[0].diffs
     med, spread, npix = clipped_median(diffs, **clip)
     scale, correlation = _MEDIAN_SE * spread, _MEDIAN_CORRELATION
-    mean, std, nmean = _clipped_mean(diffs, med, spread)
+    mean, std, nmean, kept = clipped_mean(diffs, med, spread)
     if nmean > 1 and std > 0:
         # The mean of the differences near the median: about 1.25 times
         # more precise than the median for Gaussian noise.
         med, scale, correlation, npix = mean, std, 1.0, nmean
+    else:
+        kept = None
     noise_sum = sum(p.noise_sum for p in ordered)
     noise_marginal = sum(p.noise_marginal for p in ordered)
     # For the mean; the median feels correlations less (module docstring).
@@ -958,4 +1035,46 @@ def reduce_differences(key, parts, clip):
         npix,
         n_all,
     )
-    return PairDifference(a=key[0], b=key[1], npix=npix, difference=med, error=error, spread=spread)
+    result = PairDifference(
+        a=key[0], b=key[1], npix=npix, difference=med, error=error, spread=spread
+    )
+    if sky_model is None:
+        return result
+    pooled = Pooled(diffs, _pooled_positions(ordered), kept, inflation, floor)
+    return sky_model.measure_pair(result, pooled)
+
+
+@dataclass
+class Pooled:
+    """A group pair's pooled differences, for the sky model's measurement.
+
+    Attributes
+    ----------
+    diffs : ndarray of float32
+        Every pixel difference, ``sky(a) - sky(b)``.
+    positions : tuple of ndarray or None
+        ``(xi, eta)`` of each difference in the mosaic's tangent plane
+        (degrees); None when not recorded.
+    kept : ndarray of bool or None
+        The differences the pair's mean used (near its clipped median);
+        None when the median was kept (noise-free data).
+    inflation : float
+        Factor on the variance of a mean of the differences from the
+        correlations of bilinear interpolation (module docstring).
+    floor : float
+        Floor of the error of the mean (float32 rounding).
+    """
+
+    diffs: np.ndarray
+    positions: tuple | None
+    kept: np.ndarray | None
+    inflation: float
+    floor: float
+
+
+def _pooled_positions(ordered):
+    if any(p.xi is None for p in ordered if p.diffs.size):
+        return None
+    xi = np.concatenate([p.xi for p in ordered if p.diffs.size])
+    eta = np.concatenate([p.eta for p in ordered if p.diffs.size])
+    return xi, eta

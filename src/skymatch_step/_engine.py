@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._comparisons import NO_COMPARISON
-from ._fit import fit_records
+from ._fit import fit_sky
 from ._footprints import union_footprint
 from ._layout import read_layout
 from ._levels import anchor, group_local, group_reason, group_terms, groups_left_out, report_sets
@@ -162,6 +162,24 @@ class SkyResult:
         was measured and how the fit used it (see `PairRecord`).
     ids : list
         Each image's ``ImageInput.id``, as given.
+    sky_model : str
+        The sky model (``'constant'`` or ``'plane'``).
+    uncertainties : ndarray
+        For the matching methods, the 1-sigma uncertainty of each image's
+        matched level (its group's), relative to the mean level of its
+        connected set; NaN where unknown. Empty otherwise.
+    planes : list or None
+        With ``sky_model='plane'``: each image's sky plane ``(value at the
+        tangent point, d/dxi, d/deta)`` (per degree; None where not valid),
+        the first of its ``terms`` being the plane's mean over the image.
+    tangent : TangentPlane or None
+        The tangent plane of ``planes``.
+    excess : float
+        Standard deviation added to every pair's error because the pairs
+        disagreed more than their errors allowed (0: none).
+    chi2_pixel : float
+        Chi-square per degree of freedom of the fit's residuals with the
+        pixel-noise errors alone (NaN when not known).
     """
 
     method: str
@@ -175,6 +193,12 @@ class SkyResult:
     group_labels: list = field(default_factory=list)
     pairs: list = field(default_factory=list)
     ids: list = field(default_factory=list)
+    sky_model: str = "constant"
+    uncertainties: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    planes: list | None = None
+    tangent: Any = None
+    excess: float = 0.0
+    chi2_pixel: float = float("nan")
 
     def group_footprint(self, group):
         """Footprint of a sky group: the union of its images' footprints.
@@ -257,20 +281,24 @@ def match(
             keep_transforms=options.matches and options.compare.keeps_transforms,
         )
         _log_start(options, layout)
-        comparing = options.compare.start(layout, options.stats) if options.matches else None
+        comparing = None
+        if options.matches:
+            comparing = options.compare.start(layout, options.stats, options.sky_model)
         tasks = _tasks(layout, options, comparing, run.pixels)
         measurements = measure_all(layout, tasks, run.pixels)
     members = layout.members()
     local = group_local(measurements, members) if options.measures_local else None
-    offsets = np.zeros(layout.ngroups)
-    sets = np.zeros(0, dtype=int)
+    fit = None
     records = []
     if options.matches:
         records = comparing.records(measurements, members)
-        offsets, sets = fit_records(records, layout.group_labels, options)
-        report_sets(sets, offsets, members, layout.names, options.anchor_sets)
-        anchor(offsets, sets if options.anchor_sets else None, options.match_down)
-    return _result(options, layout, measurements, local, offsets, sets, records)
+        fit = fit_sky(records, layout, options)
+        report_sets(fit.sets, fit.offsets, members, layout.names, options.anchor_sets)
+        raw = fit.offsets.copy()
+        anchor(fit.offsets, fit.sets if options.anchor_sets else None, options.match_down)
+        if fit.planes is not None:
+            fit.planes[:, 0] += fit.offsets - raw  # the anchoring shifts each plane's level
+    return _result(options, layout, measurements, local, fit, records)
 
 
 @contextlib.contextmanager
@@ -323,8 +351,10 @@ def _tasks(layout, options, comparing, runner):
     ]
 
 
-def _result(options, layout, measurements, local, offsets, sets, records):
+def _result(options, layout, measurements, local, fit, records):
     """Every image's terms and validity, as a `SkyResult`."""
+    offsets = np.zeros(layout.ngroups) if fit is None else fit.offsets
+    sets = np.zeros(0, dtype=int) if fit is None else fit.sets
     valid = np.array([m.usable for m in measurements], dtype=bool)
     reasons = ["" if ok else "it has no usable pixels (all NaN, flagged or masked)" for ok in valid]
     anchored = sets if options.anchor_sets else None
@@ -352,4 +382,19 @@ def _result(options, layout, measurements, local, offsets, sets, records):
         group_labels=layout.group_labels,
         pairs=records,
         ids=[im.id for im in layout.images],
+        sky_model=options.sky_model.name,
+        **_fit_extras(fit, layout, valid),
     )
+
+
+def _fit_extras(fit, layout, valid):
+    """Give the fit's uncertainties, planes and excess, per image."""
+    if fit is None:
+        return {}
+    groups = np.asarray(layout.groups)
+    uncertainties = np.where(valid, fit.uncertainties[groups], np.nan)
+    extras = {"uncertainties": uncertainties, "excess": fit.excess, "chi2_pixel": fit.chi2_pixel}
+    if fit.planes is not None:
+        extras["planes"] = [fit.planes[g] if valid[k] else None for k, g in enumerate(groups)]
+        extras["tangent"] = layout.tangent
+    return extras

@@ -13,8 +13,11 @@ import time
 from dataclasses import dataclass, replace
 from functools import cached_property
 
+import numpy as np
+
 from ._footprints import image_footprint
 from ._overlaps import OverlapFinder, intersect_task
+from ._tangent import TangentPlane
 
 __all__ = ["Layout", "read_layout"]
 
@@ -62,6 +65,40 @@ class Layout:
         for k, g in enumerate(self.groups):
             out[g].append(k)
         return out
+
+    @cached_property
+    def tangent(self):
+        """The mosaic's tangent plane (`TangentPlane`), at its footprints' centre."""
+        return TangentPlane.about(self.footprints)
+
+    @cached_property
+    def image_positions(self):
+        """``(n, 2)`` tangent-plane centre ``(xi, eta)`` of every image (degrees).
+
+        The mean of its footprint's vertices: the mean position of its
+        pixels, to the footprint's curvature.
+        """
+        out = np.empty((len(self.footprints), 2))
+        for k, fp in enumerate(self.footprints):
+            ra, dec = zip(*((r[:-1], d[:-1]) for r, d in fp.to_radec()), strict=True)
+            xi, eta = self.tangent(np.concatenate(ra), np.concatenate(dec))
+            out[k] = np.mean(xi), np.mean(eta)
+        return out
+
+    @cached_property
+    def group_positions(self):
+        """``(ngroups, 2)`` mean tangent-plane position of every group's images."""
+        out = np.zeros((self.ngroups, 2))
+        for g, members in enumerate(self.members()):
+            out[g] = self.image_positions[members].mean(axis=0)
+        return out
+
+    @cached_property
+    def plane_scale(self):
+        """A length (degrees) of the mosaic's size, to scale plane slopes."""
+        pos = self.image_positions
+        spread = float(np.sqrt(np.mean(np.sum((pos - pos.mean(axis=0)) ** 2, axis=1))))
+        return spread if spread > 0 else 1.0 / 60.0
 
     @cached_property
     def neighbours(self):

@@ -64,10 +64,59 @@ class StepLibrary(ModelLibrary):
         An on-disk library's models are, by then, the temporary files this
         step wrote (validated as they were saved) or inputs it read and
         validated, so they are opened without validating them again
-        (`reread`).
+        (`reread`). When the step deferred its write-back to this pass
+        (``defer``), that pass writes the results too.
         """
+        deferred = self.__dict__.pop("_deferred", None)
         with reread():
-            super().finalize_result(step, reference_files_used)
+            if deferred is not None:
+                deferred(step, reference_files_used)
+            else:
+                super().finalize_result(step, reference_files_used)
+
+    def defer(self, writes, finalize=None):
+        """Hold each model's results until it is next saved.
+
+        ``writes[index](model)`` is applied to model ``index`` every time it
+        is borrowed, until it is shelved with ``modify=True`` (and so saved
+        with the results). stpipe's last pass, which borrows and saves every
+        model anyway, thus writes them; so does any other borrow before it
+        (a post hook, or ``process`` called directly).
+
+        Parameters
+        ----------
+        writes : dict of int to callable
+            ``write(model)`` for the models with results.
+        finalize : callable, optional
+            ``finalize(step, reference_files_used)`` replaces stpipe's last
+            pass; it must call ``step.finalize_result`` on every model and
+            shelve it.
+        """
+        self.__dict__["_pending"] = dict(writes)
+        if finalize is not None:
+            self.__dict__["_deferred"] = finalize
+
+    def borrow(self, index):
+        """Borrow model ``index``, with its deferred results written (`defer`)."""
+        model = super().borrow(index)
+        write = self.__dict__.get("_pending", {}).get(index)
+        if write is not None:
+            try:
+                write(model)
+            except BaseException:
+                super().shelve(model, index, modify=False)
+                raise
+        return model
+
+    def shelve(self, model, index=None, modify=True):
+        """Return a model; once saved, its deferred results are written (`defer`)."""
+        pending = self.__dict__.get("_pending")
+        if pending and modify and index is None:
+            with contextlib.suppress(KeyError):
+                index = self._ledger[model]
+        super().shelve(model, index, modify=modify)
+        if pending and modify:
+            pending.pop(index, None)
 
     def _filename_to_group_id(self, filename):
         # Members without a group_id in the association are read when the

@@ -32,7 +32,7 @@ FREEZING = _Freezing()
 _SWEEP_EVERY = 100
 
 
-def release(on_disk, *, settle=False):
+def release(on_disk, *, settle=False, pixels=None):
     """Free what a model released by an on-disk library held.
 
     Data models contain reference cycles, so a model dropped by an on-disk
@@ -51,6 +51,8 @@ def release(on_disk, *, settle=False):
     each new file), so every `_SWEEP_EVERY` settled models everything is
     unfrozen and collected once: a bounded amount of such garbage at any
     time, for a full walk per `_SWEEP_EVERY` models.
+
+    ``pixels``: the size of the model's images, for `trim_heap`.
     """
     if on_disk:
         gc.collect()
@@ -60,10 +62,10 @@ def release(on_disk, *, settle=False):
                 gc.unfreeze()
                 gc.collect()
             gc.freeze()
-        trim_heap()
+        trim_heap(pixels)
 
 
-def trim_heap():
+def trim_heap(pixels=None):
     """Give the memory of freed arrays back to the operating system.
 
     Image arrays (16 MB each for 2048x2048 float32) fall under glibc's
@@ -71,10 +73,31 @@ def trim_heap():
     small long-lived objects allocated in between keep the heap from
     shrinking, and with an on-disk library the process would grow by
     several MB per image read. ``malloc_trim`` releases the free pages.
-    A no-op where the C library has no ``malloc_trim``.
+    It walks the whole heap, so for small images (``pixels``, the size of
+    the image just freed) it runs once their arrays add up to
+    ``_TRIM_PIXELS`` (a 128x128 image does not need it; a 2048x2048 one
+    does every time). A no-op where the C library has no ``malloc_trim``.
     """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
+    if _MALLOC_TRIM is None:
+        return
+    if pixels is not None:
+        _TRIMMING.pending += int(pixels)
+        if _TRIMMING.pending < _TRIM_PIXELS:
+            return
+    _TRIMMING.pending = 0
+    _MALLOC_TRIM(0)
+
+
+class _Trimming:
+    """Image pixels freed since the heap was last trimmed."""
+
+    pending = 0
+
+
+_TRIMMING = _Trimming()
+
+#: Pixels of freed images (about 6 arrays each) after which the heap is trimmed.
+_TRIM_PIXELS = 1 << 21
 
 
 def _load_malloc_trim():

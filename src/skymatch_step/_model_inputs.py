@@ -563,7 +563,8 @@ class ModelInputs:
                 with LEDGER_LOCK:
                     library.shelve(model, index, modify=False)
             del model
-            release(on_disk)
+            pixels = int(np.prod(member.shape))
+            release(on_disk, pixels=pixels)
             progress.advance()
             # On disk, the engine keeps only the footprint and re-opens the
             # model (WCS and pixels) through the source when measuring it.
@@ -580,7 +581,7 @@ class ModelInputs:
             # The engine has taken the footprint (and, on disk, dropped
             # the transforms): nothing of this model is held here now.
             del forward, inverse, source, member
-            release(on_disk, settle=True)
+            release(on_disk, settle=True, pixels=pixels)
         progress.finish()
         self._check(seen)
 
@@ -655,6 +656,7 @@ class _LibrarySource:
         self._dqbits = dqbits
         self._on_disk = on_disk
         self._masks = masks
+        self._pixels = None
 
     def _read(self, with_wcs):
         with LEDGER_LOCK:
@@ -665,7 +667,8 @@ class _LibrarySource:
             with LEDGER_LOCK:
                 self._library.shelve(model, self._index, modify=False)
         del model
-        release(self._on_disk)
+        self._pixels = int(np.prod(image.shape))
+        release(self._on_disk, pixels=self._pixels)
         return image
 
     @contextlib.contextmanager
@@ -676,7 +679,7 @@ class _LibrarySource:
                 yield arrays
         finally:
             if self._on_disk:
-                trim_heap()
+                trim_heap(self._pixels)
 
     @contextlib.contextmanager
     def __call__(self):
@@ -684,4 +687,4 @@ class _LibrarySource:
             yield self._read(True)
         finally:
             if self._on_disk:
-                trim_heap()
+                trim_heap(self._pixels)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields, replace
 import numpy as np
 
 from ._comparisons import Comparison, comparison
+from ._sky_models import SkyModel, sky_model
 from ._statistics import SkyStatistics
 
 __all__ = ["SKYMETHODS", "MatchOptions", "check_stepsize"]
@@ -67,6 +68,10 @@ class MatchOptions:
         exceeds this; None keeps every pair.
     reject_iterations : int
         Largest number of pairs rejected as outliers.
+    sky_model : {'constant', 'plane'} or SkyModel
+        What each group's sky is (see `skymatch_step._sky_models`): one
+        level (jwst's model) or a plane in the mosaic's tangent plane
+        (needs ``compare='differences'``). Stored as the strategy object.
     """
 
     skymethod: str = "match"
@@ -78,6 +83,7 @@ class MatchOptions:
     min_pair_pixels: int = 1
     reject_sigma: float | None = None
     reject_iterations: int = 10
+    sky_model: SkyModel | str = "constant"
 
     def __post_init__(self):
         if self.skymethod not in SKYMETHODS:
@@ -89,6 +95,13 @@ class MatchOptions:
         elif not isinstance(self.stats, SkyStatistics):
             raise ValueError(f"stats={self.stats!r} must be a SkyStatistics.")
         object.__setattr__(self, "compare", comparison(self.compare))
+        object.__setattr__(self, "sky_model", sky_model(self.sky_model))
+        if self.sky_model.needs_positions and self.compare.name != "differences":
+            raise ValueError(
+                f"sky_model={self.sky_model.name!r} needs compare='differences' (got "
+                f"compare={self.compare.name!r}): the plane is fitted to pixel differences at "
+                "the same sky positions; jwst's per-image statistics give one number per overlap."
+            )
         check_stepsize(self.stepsize)
         if not is_positive_int(self.min_pair_pixels):
             raise ValueError(

@@ -171,15 +171,18 @@ def intersect_pair(fp_i, fp_j):
 
     jwst intersects ``i`` with ``j`` for image ``i`` and ``j`` with ``i``
     for image ``j``; the two polygons select the same pixels (checked in
-    the parity tests), so one is computed. It is computed in a tangent
-    plane (`exact_intersection`, 6 to 10 times faster with its checks)
+    the parity tests), so one is computed. It is computed by
+    `exact_intersection` (6 to 10 times faster than spherical-geometry)
     whenever that provably gives spherical-geometry's vertices bit for
-    bit, hence its pixels, and by spherical-geometry otherwise (touching
-    footprints, vertices on or near the other's edges, tiny or flat
-    overlaps: 2 to 4 pairs in 100 in simulated mosaics). When
-    spherical-geometry fails, jwst's fallback is followed for each image:
-    ``j`` tries its own order, and an image whose intersection fails uses
-    its whole footprint.
+    bit, hence its pixels: in a tangent plane, or, for the degenerate
+    configurations of aligned mosaics (shared, collinear or nearly
+    parallel edges, corners on edges or on corners, one-pixel overlaps),
+    by replaying spherical-geometry's graph with its own arithmetic. The
+    few pairs whose result depends on the iteration order of
+    spherical-geometry's sets, or on which it fails, go to
+    spherical-geometry itself. When spherical-geometry fails, jwst's
+    fallback is followed for each image: ``j`` tries its own order, and an
+    image whose intersection fails uses its whole footprint.
     """
     try:
         both = exact_intersection(fp_i, fp_j)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 __all__ = ["PairRecord"]
 
 
@@ -28,8 +30,11 @@ class PairRecord:
     difference : float
         Measured ``sky(a) - sky(b)`` in the overlap.
     error : float
-        Estimated error of ``difference`` (``compare='differences'``); NaN
-        when the comparison gives no error (``compare='statistics'``).
+        Estimated error of ``difference`` (``compare='differences'``): the
+        larger of the pixel-noise error and the scatter between blocks of
+        the overlap, and, after the fit, with the excess the pairs' residuals
+        call for (`SkyResult.excess`); NaN when the comparison gives no
+        error (``compare='statistics'``).
     weight : float
         Weight of the pair's equation in the least-squares fit: the
         equation is multiplied by it, so its weight in the sum of squares
@@ -44,6 +49,23 @@ class PairRecord:
     rejected : str
         Why the fit left the pair out: ``''`` (used), ``'few pixels'`` or
         ``'outlier'``.
+    pixel_error : float
+        The error from pixel noise alone (NaN without errors).
+    block_error : float
+        The error from the scatter of the difference between blocks of the
+        overlap (block jackknife); NaN when not measured.
+    centre : tuple of float or None
+        Tangent-plane centroid ``(xi, eta)`` of the pair's pixel
+        differences (degrees), when measured.
+    plane : ndarray or None
+        With ``sky_model='plane'``: the plane of ``sky(a) - sky(b)``
+        measured in the overlap, ``(value at centre, d/dxi, d/deta)`` (per
+        degree); ``difference`` is its value at ``centre``.
+    plane_cov : ndarray or None
+        3x3 covariance of ``plane``.
+    moments : ndarray or None
+        2x2 covariance of the pixel differences' positions about ``centre``
+        (degrees squared).
     """
 
     a: int
@@ -59,3 +81,9 @@ class PairRecord:
     residual: float = float("nan")
     normalized: float = float("nan")
     rejected: str = ""
+    pixel_error: float = float("nan")
+    block_error: float = float("nan")
+    centre: tuple | None = None
+    plane: np.ndarray | None = None
+    plane_cov: np.ndarray | None = None
+    moments: np.ndarray | None = None

@@ -127,6 +127,7 @@ def _match_options(step):
         min_pair_pixels=step.min_pair_pixels,
         reject_sigma=step.reject_sigma,
         reject_iterations=step.reject_iterations,
+        sky_model=step.sky_model,
     )
 
 

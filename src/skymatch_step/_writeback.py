@@ -10,6 +10,7 @@ again, puts every model already changed back as it was (`Undo`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -20,8 +21,18 @@ from ._memory import release
 from ._model_inputs import check_subtractable, model_name
 from ._progress import Progress
 from ._skylist import read_skylist
+from ._tangent import TangentPlane
 
-__all__ = ["Update", "log_levels", "updates_from_result", "user_sky_updates", "write_back"]
+__all__ = [
+    "PlaneTerm",
+    "Update",
+    "apply_update",
+    "defer_write_back",
+    "log_levels",
+    "updates_from_result",
+    "user_sky_updates",
+    "write_back",
+]
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +42,11 @@ class Update:
     """What to write into one model.
 
     ``terms`` are subtracted from the data one after the other (empty when
-    nothing is subtracted); ``level`` is None for a skipped image.
+    nothing is subtracted); ``level`` is None for a skipped image. With a
+    ``plane`` (``sky_model='plane'``), the plane is evaluated on the model's
+    pixels when it is written: it is subtracted first (with ``subtract``),
+    and its mean over the image is added to ``level``. ``uncertainty`` is
+    the level's 1-sigma uncertainty from the fit (NaN: unknown).
     """
 
     name: str
@@ -39,6 +54,79 @@ class Update:
     method: str
     level: float | None = None
     terms: tuple = ()
+    plane: PlaneTerm | None = None
+    uncertainty: float = float("nan")
+    plane_mean: float = 0.0
+
+    @property
+    def written_level(self):
+        """The level recorded: ``level`` plus the plane's mean over the image."""
+        return self.level + self.plane_mean
+
+
+@dataclass(frozen=True)
+class PlaneTerm:
+    """One image's sky plane in the mosaic's tangent plane.
+
+    ``value + slope_xi * xi + slope_eta * eta``, with ``(xi, eta)`` the
+    tangent-plane coordinates (degrees) about ``tangent``.
+    """
+
+    value: float
+    slope_xi: float
+    slope_eta: float
+    tangent: TangentPlane
+
+    def image(self, wcs, shape):
+        """Evaluate the plane at every pixel of an image (float64).
+
+        The tangent-plane coordinates are computed through the WCS on a grid
+        of nodes every ``_PLANE_STEP`` pixels (ends included) and the plane
+        interpolated bilinearly in between: the plane is linear in them, and
+        they are smooth.
+        """
+        ny, nx = shape
+        xs = _grid_nodes(nx)
+        ys = _grid_nodes(ny)
+        gx, gy = np.meshgrid(xs, ys)
+        xi, eta = self.tangent(*wcs.forward_transform(gx, gy, with_bounding_box=False))
+        nodes = self.value + self.slope_xi * xi + self.slope_eta * eta
+        return _bilinear(nodes, xs, ys, nx, ny)
+
+    def metadata(self, mean):
+        """Return what ``meta.background.plane`` records."""
+        return {
+            "tangent_ra": float(self.tangent.ra0),
+            "tangent_dec": float(self.tangent.dec0),
+            "value": float(self.value),
+            "slope_xi": float(self.slope_xi),
+            "slope_eta": float(self.slope_eta),
+            "mean": float(mean),
+        }
+
+
+#: Spacing, in pixels, of the nodes where a plane's WCS positions are computed.
+_PLANE_STEP = 16
+
+
+def _grid_nodes(n):
+    nodes = np.arange(0, n, _PLANE_STEP, dtype=float)
+    if nodes[-1] != n - 1:
+        nodes = np.r_[nodes, float(n - 1)]
+    return nodes
+
+
+def _bilinear(nodes, xs, ys, nx, ny):
+    """Bilinear interpolation of ``nodes`` (on the grid ``xs``, ``ys``) to every pixel."""
+    if xs.size == 1 or ys.size == 1:
+        return np.broadcast_to(nodes.reshape(ys.size, xs.size), (ny, nx)).astype(float)
+    cx = np.minimum(np.searchsorted(xs, np.arange(nx), side="right") - 1, xs.size - 2)
+    cy = np.minimum(np.searchsorted(ys, np.arange(ny), side="right") - 1, ys.size - 2)
+    fx = (np.arange(nx) - xs[cx]) / (xs[cx + 1] - xs[cx])
+    fy = ((np.arange(ny) - ys[cy]) / (ys[cy + 1] - ys[cy]))[:, None]
+    top = nodes[cy][:, cx] * (1.0 - fx) + nodes[cy][:, cx + 1] * fx
+    bottom = nodes[cy + 1][:, cx] * (1.0 - fx) + nodes[cy + 1][:, cx + 1] * fx
+    return top * (1.0 - fy) + bottom * fy
 
 
 _BACKGROUND_KEYS = ("method", "level", "subtracted")
@@ -159,18 +247,7 @@ def _update_model(library, index, update, *, subtract, undo):
     model = borrow(library, index, again=True)
     record = Undo.of(model) if undo else None
     try:
-        if update.status == "COMPLETE":
-            if update.terms:
-                if record is not None:
-                    record.subtract(model.data, update.terms)
-                else:
-                    for term in update.terms:
-                        model.data -= term
-            bkg = model.meta.background
-            bkg.method = update.method
-            bkg.level = float(update.level)
-            bkg.subtracted = bool(subtract)
-        model.meta.cal_step.skymatch = update.status
+        apply_update(model, update, subtract=subtract, record=record)
         library.shelve(model, index)
     except BaseException:
         if record is not None:
@@ -178,6 +255,89 @@ def _update_model(library, index, update, *, subtract, undo):
         _give_back(library, model, index, restored=record is not None)
         raise
     return record
+
+
+def apply_update(model, update, *, subtract, record=None):
+    """Write one update into an open model (and subtract its terms when asked).
+
+    Parameters
+    ----------
+    model : DataModel
+    update : Update
+    subtract : bool
+    record : Undo, optional
+        Remembers how to undo the subtraction.
+    """
+    if update.status == "COMPLETE":
+        terms = _with_plane(model, update, subtract)
+        if terms:
+            if record is not None:
+                record.subtract(model.data, terms)
+            else:
+                for term in terms:
+                    model.data -= term
+        bkg = model.meta.background
+        bkg.method = update.method
+        bkg.level = float(update.written_level)
+        bkg.subtracted = bool(subtract)
+    model.meta.cal_step.skymatch = update.status
+
+
+def defer_write_back(library, updates, *, subtract):
+    """Write the updates into an on-disk library in stpipe's last pass over it.
+
+    stpipe's last pass (``finalize_result``) opens every model of a library
+    and saves it again, to record the software version; for an on-disk
+    library that is one full read and one full write per model. When the
+    library is the step's own (no caller sees its models), the sky levels
+    are written in that same pass instead of one of their own, which saves
+    a read and a write of every model. Each update is also written whenever
+    its model is borrowed before then (`StepLibrary.defer`), so a caller
+    who reads the models first (a post hook, ``process`` called directly)
+    sees the results too.
+
+    Parameters
+    ----------
+    library : StepLibrary
+    updates : list of Update
+    subtract : bool
+    """
+
+    def finalize(step, reference_files_used):
+        progress = Progress(log, "Wrote the results into", len(updates), "models")
+        with library:
+            for index in range(len(updates)):
+                # The library's borrow writes the update (``defer``).
+                model = borrow(library, index, again=True)
+                try:
+                    step.finalize_result(model, reference_files_used)
+                    pixels = model.data.size
+                finally:
+                    library.shelve(model, index)
+                del model
+                release(True, pixels=pixels)
+                progress.advance()
+        progress.finish()
+        log_levels(updates)
+
+    writes = {
+        index: functools.partial(apply_update, update=update, subtract=subtract)
+        for index, update in enumerate(updates)
+    }
+    library.defer(writes, finalize)
+
+
+def _with_plane(model, update, subtract):
+    """Return the terms to subtract, the image's plane first; record the plane.
+
+    Sets ``update.plane_mean``, the plane's mean over the image.
+    """
+    if update.plane is None:
+        return update.terms
+    plane = update.plane.image(model.meta.wcs, model.data.shape)
+    update.plane_mean = float(np.mean(plane))
+    model.meta.background.plane = update.plane.metadata(update.plane_mean)
+    return (plane, *update.terms) if subtract else update.terms
 
 
 def _give_back(library, model, index, *, restored):
@@ -210,11 +370,22 @@ def log_levels(updates, *, max_lines=20):
     if len(updates) <= max_lines:
         for update in updates:
             if update.status == "COMPLETE":
-                log.info("%s: sky level %.7g (%s)", update.name, update.level, update.status)
+                error = ""
+                if np.isfinite(update.uncertainty):
+                    error = f" +- {update.uncertainty:.2g}"
+                plane = " (plane mean)" if update.plane is not None else ""
+                log.info(
+                    "%s: sky level %.7g%s%s (%s)",
+                    update.name,
+                    update.written_level,
+                    error,
+                    plane,
+                    update.status,
+                )
             else:
                 log.info("%s: no sky level (%s)", update.name, update.status)
         return
-    levels = np.array([u.level for u in updates if u.status == "COMPLETE"], dtype=float)
+    levels = np.array([u.written_level for u in updates if u.status == "COMPLETE"], dtype=float)
     skipped = [u.name for u in updates if u.status != "COMPLETE"]
     text = f"Sky levels of {len(updates)} images: {levels.size} COMPLETE, {len(skipped)} SKIPPED"
     if levels.size:
@@ -222,6 +393,9 @@ def log_levels(updates, *, max_lines=20):
             f"; level min {levels.min():.7g}, median {np.median(levels):.7g}, "
             f"max {levels.max():.7g}"
         )
+        errors = np.array([u.uncertainty for u in updates if u.status == "COMPLETE"], dtype=float)
+        if np.isfinite(errors).any():
+            text += f"; median uncertainty {np.nanmedian(errors):.2g}"
     if skipped:
         shown = ", ".join(skipped[:max_lines])
         more = f" and {len(skipped) - max_lines} more" if len(skipped) > max_lines else ""
@@ -245,16 +419,33 @@ def updates_from_result(result, method, *, subtract):
     -------
     list of Update
     """
+    if result.planes is not None and not subtract:
+        log.warning(
+            "sky_model='plane' with subtract=False: BKGLEVEL holds each plane's mean over its "
+            "image, which is all that outlier detection and resample read; the planes "
+            "themselves (meta.background.plane) are recorded but not applied, so the seams "
+            "their slopes remove stay in the data. Use subtract=True to remove the planes."
+        )
     updates = []
+    errors = result.uncertainties if len(result.uncertainties) else None
     for index, member in enumerate(result.ids):
         if not result.valid[index]:
             updates.append(Update(member.name, "SKIPPED", str(method)))
             continue
+        terms = tuple(result.terms[index])
+        plane = None
+        if result.planes is not None:
+            # The plane replaces its mean (the first term); evaluated when written.
+            plane = PlaneTerm(*map(float, result.planes[index]), tangent=result.tangent)
+            terms = terms[1:]
         level = member.start_level
-        for term in result.terms[index]:
+        for term in terms:
             level += term
-        terms = tuple(result.terms[index]) if subtract else ()
-        updates.append(Update(member.name, "COMPLETE", str(method), level, terms))
+        update = Update(member.name, "COMPLETE", str(method), level, terms if subtract else ())
+        update.plane = plane
+        if errors is not None:
+            update.uncertainty = float(errors[index])
+        updates.append(update)
     return updates
 
 

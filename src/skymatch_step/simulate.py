@@ -8,7 +8,12 @@ a mild optical distortion, diffuse emission that is consistent across
 tiles, stars, noise, cosmic rays, DQ flags with NaN bad pixels, and a
 known additive sky level per exposure (optionally a different one per
 detector), and optionally a large masked region (like a coronagraphic
-mask) in chosen images.
+mask) in chosen images. Optional structure that real skies have (all off
+by default, so a default spec renders as it always did): a linear sky
+gradient per exposure (``sky_gradient``), a different PSF width per
+exposure (``seeing_scatter``) and 1/f-like row and column striping
+(``striping``). `MosaicTruth.sky_image` gives the true sky surface of any
+image, pixel by pixel.
 
 From the command line, ``skymatch-simulate`` (or ``python -m
 skymatch_step.simulate``) writes a mosaic and its association and prints
@@ -26,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
+import numbers
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -55,6 +62,15 @@ DEFAULT_PIXEL_SCALE = 0.031
 #: Shapes of the masked region (``MosaicSpec.masked_region``).
 MASK_SHAPES = ("quadrant", "disc")
 
+#: Gaussian sigma of the stars, in pixels, without ``seeing_scatter``.
+DEFAULT_PSF_SIGMA = 1.5
+
+#: Smallest star sigma ``seeing_scatter`` can give, in pixels.
+MIN_PSF_SIGMA = 0.5
+
+#: RMS of the column striping relative to the row striping (``striping``).
+STRIPE_COLUMN_RATIO = 0.25
+
 
 @dataclass(frozen=True)
 class TileSpec:
@@ -64,7 +80,10 @@ class TileSpec:
     ----------
     offset : tuple of float
         Offset ``(east, north)`` of the tile centre from the mosaic centre,
-        in arcseconds, in the mosaic's tangent plane.
+        in arcseconds, in the mosaic's tangent plane. Despite its name,
+        ``east`` grows towards *decreasing* right ascension (along +x of an
+        unrotated detector, whose x axis points west); ``north`` grows with
+        declination.
     rotation : float
         Position angle of the detector y axis, degrees east of north.
     exposure : int
@@ -148,6 +167,33 @@ class MosaicSpec:
         lets overlapping tiles disagree slightly (about 1e-4 of the
         emission's peak) at the same sky position; 1 evaluates it at every
         pixel, so that it is exactly consistent across tiles.
+    sky_gradient : float
+        Linear sky gradients, MJy/sr: each exposure's sky becomes a plane
+        ``level + gx * east + gy * north`` in the mosaic tangent plane
+        (``east``, ``north`` in arcsec about `center`, ``east`` growing
+        towards decreasing right ascension as in `TileSpec.offset`), with
+        ``gx`` and ``gy`` drawn from a normal distribution of standard
+        deviation ``sky_gradient / W`` (MJy/sr per arcsec), ``W`` the width
+        of one exposure (all its detectors and gaps, along x) in arcsec: so
+        ``sky_gradient`` is the RMS change of the sky across an exposure.
+        The exposure's sky level (``sky_levels``) is the plane's value at
+        the exposure's centre; its detectors share the plane (each shifted
+        by its ``detector_sky_scatter`` offset, if any). See
+        `MosaicTruth.sky_plane`. 0 (the default): flat skies.
+    seeing_scatter : float
+        Relative scatter of the PSF width between exposures: the stars of
+        an exposure have Gaussian sigma ``1.5 * (1 + N(0, seeing_scatter))``
+        pixels, at least 0.5 (`MosaicTruth.psf_sigma`). The diffuse
+        emission has no structure on PSF scales and is not blurred. 0 (the
+        default): sigma 1.5 pixels everywhere.
+    striping : float
+        RMS (MJy/sr) of row striping like JWST 1/f noise: every image gets a
+        random offset per row, a 1/f-power-spectrum sequence along the row
+        index scaled to exactly this RMS and zero mean, plus a column
+        component made the same way with ``STRIPE_COLUMN_RATIO`` (0.25)
+        times that RMS. Both have zero mean, so the image's mean sky is
+        unchanged; see `MosaicTruth.striping` and `MosaicTruth.stripes`.
+        0 (the default): no striping.
     """
 
     n_exposures: int = 4
@@ -171,8 +217,19 @@ class MosaicSpec:
     masked_region: str | None = None
     masked_images: tuple[int, ...] = (0,)
     diffuse_step: int | None = None
+    sky_gradient: float = 0.0
+    seeing_scatter: float = 0.0
+    striping: float = 0.0
 
     def __post_init__(self):
+        for name in ("sky_gradient", "seeing_scatter", "striping"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, numbers.Real)
+                or not (math.isfinite(value) and value >= 0)
+            ):
+                raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
         if self.diffuse_step is not None and not (
             isinstance(self.diffuse_step, int) and self.diffuse_step >= 1
         ):
@@ -201,7 +258,10 @@ class MosaicTruth:
         The level-3 association listing the files.
     sky : dict
         Sky level added to each image (the exposure's sky plus the
-        detector's offset, if any), keyed by file name.
+        detector's offset, if any), keyed by file name. With a
+        ``sky_gradient``, the mean of the image's sky plane over all its
+        pixels (the mean of `sky_image`), which is what a constant sky
+        estimate such as ``BKGLEVEL`` should be compared with.
     exposure : dict
         Exposure number of each image, keyed by file name.
     scene : object or None
@@ -210,6 +270,30 @@ class MosaicTruth:
     masked_fraction : dict
         Fraction of each image's pixels inside the masked region (0 for
         images without one), keyed by file name.
+    sky_plane : dict
+        ``(level, gx, gy)`` of each image's sky plane, keyed by file name:
+        the sky at mosaic tangent-plane offset ``(east, north)`` arcsec from
+        ``spec.center`` is ``level + gx * east + gy * north``, so ``level``
+        (MJy/sr) is the plane's value at the mosaic centre and ``gx``,
+        ``gy`` are MJy/sr per arcsec. ``east`` grows towards decreasing
+        right ascension, ``north`` with declination (the convention of
+        `TileSpec.offset`). The detectors of one exposure share ``gx``,
+        ``gy`` and (without ``detector_sky_scatter``) ``level``. Without a
+        ``sky_gradient``: ``(sky, 0.0, 0.0)``.
+    psf_sigma : dict
+        Gaussian sigma of the stars in each image, pixels, keyed by file
+        name (the same for the detectors of one exposure).
+    striping : dict
+        RMS (MJy/sr) of the stripe pattern (rows plus columns) added to
+        each image, keyed by file name; 0 without ``striping``.
+    stripes : dict
+        ``(rows, columns)`` offset profiles (MJy/sr, lengths ``ny`` and
+        ``nx``, each of zero mean) added to each striped image: pixel
+        ``[y, x]`` got ``rows[y] + columns[x]``. Only for striped images.
+    spec : MosaicSpec or None
+        The simulated spec, for `sky_image`.
+    tiles : dict
+        `TileSpec` of each image, keyed by file name, for `sky_image`.
     """
 
     files: list[Path] = field(default_factory=list)
@@ -218,6 +302,59 @@ class MosaicTruth:
     exposure: dict[str, int] = field(default_factory=dict)
     scene: object = None
     masked_fraction: dict[str, float] = field(default_factory=dict)
+    sky_plane: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    psf_sigma: dict[str, float] = field(default_factory=dict)
+    striping: dict[str, float] = field(default_factory=dict)
+    stripes: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    spec: MosaicSpec | None = None
+    tiles: dict[str, TileSpec] = field(default_factory=dict)
+
+    def sky_image(self, filename, step=None):
+        """Return the true sky surface of one image, at every pixel.
+
+        The sky level and plane (`sky_plane`) only: no diffuse emission,
+        stars, stripes, noise or masks. The plane is evaluated through the
+        image's WCS on a coarse pixel grid and interpolated bilinearly, as
+        the simulator rendered it.
+
+        Parameters
+        ----------
+        filename : str
+            File name of the image (a key of `sky`); a path's name is used.
+        step : int, optional
+            Grid spacing in pixels; by default the grid the image was
+            rendered with (``spec.diffuse_step`` or its default), which
+            reproduces the rendered sky exactly. 1 evaluates the WCS at
+            every pixel.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``float64`` array of the image's shape, MJy/sr.
+
+        Raises
+        ------
+        KeyError
+            If ``filename`` is not an image of this mosaic.
+        ValueError
+            If the truth has no geometry (not made by the simulator), or
+            ``step`` is not a positive integer.
+        """
+        name = Path(filename).name
+        if name not in self.sky:
+            raise KeyError(f"{name!r} is not an image of this mosaic")
+        if self.spec is None or name not in self.tiles:
+            raise ValueError(f"no geometry recorded for {name!r}: sky_image needs spec and tiles")
+        if step is not None and not (isinstance(step, numbers.Integral) and step >= 1):
+            raise ValueError(f"step must be None or a positive integer, not {step!r}")
+        spec = self.spec
+        if not spec.sky_gradient > 0:
+            return np.full(spec.shape, self.sky[name], dtype=np.float64)
+        wcs = _tile_wcs(spec, self.tiles[name])
+        gx, gy = _coarse_grid(spec, step)
+        gxx, gyy = np.meshgrid(gx, gy)
+        ra, dec = wcs(gxx, gyy, with_bounding_box=False)
+        return _plane_image(spec, self.sky_plane[name], ra, dec, gx, gy)
 
 
 def make_gwcs(shape, ra, dec, rotation, *, pixel_scale=DEFAULT_PIXEL_SCALE, distortion=0.0):
@@ -305,6 +442,19 @@ def _fit_inverse(forward, cx, cy, degree=5):
     return models.Mapping((0, 1, 0, 1)) | (poly(cxs) & poly(cys))
 
 
+def _exposure_layout(spec):
+    """Detector columns, rows and gap (pixels) and the exposure's width and height (pixels)."""
+    ny, nx = spec.shape
+    ndet = spec.detectors_per_exposure
+    det_cols = 2 if ndet >= 2 else 1
+    det_rows = 2 if ndet == 4 else 1
+    det_gap = 0.02 * nx
+    # Width of one exposure (all its detectors) in pixels.
+    ex_w = det_cols * nx + (det_cols - 1) * det_gap
+    ex_h = det_rows * ny + (det_rows - 1) * det_gap
+    return det_cols, det_rows, det_gap, ex_w, ex_h
+
+
 def _tile_layout(spec):
     """Place exposures on a grid and detectors within each exposure."""
     ny, nx = spec.shape
@@ -313,12 +463,7 @@ def _tile_layout(spec):
     ndet = spec.detectors_per_exposure
     if ndet not in (1, 2, 4):
         raise ValueError(f"detectors_per_exposure must be 1, 2 or 4, not {ndet}")
-    det_cols = 2 if ndet >= 2 else 1
-    det_rows = 2 if ndet == 4 else 1
-    det_gap = 0.02 * nx
-    # Width of one exposure (all its detectors) in pixels.
-    ex_w = det_cols * nx + (det_cols - 1) * det_gap
-    ex_h = det_rows * ny + (det_rows - 1) * det_gap
+    det_cols, det_rows, det_gap, ex_w, ex_h = _exposure_layout(spec)
     step_x = ex_w * (1.0 - spec.overlap)
     step_y = ex_h * (1.0 - spec.overlap)
 
@@ -382,18 +527,10 @@ class _Scene:
         return out
 
 
-def _render(spec, scene, tile, rng, sky, masked):
-    """Pixel data, DQ and variance arrays of one tile (float32).
-
-    ``sky`` is the tile's sky level; ``masked`` whether it gets the
-    spec's masked region. Neither draws from ``rng``, so a spec without
-    them renders as before they existed.
-    """
-    from stdatamodels.jwst.datamodels import dqflags
-
-    ny, nx = spec.shape
+def _tile_wcs(spec, tile):
+    """Return the gwcs of ``tile``."""
     ra_c, dec_c = _tangent_to_sky(spec.center, *tile.offset)
-    wcs = make_gwcs(
+    return make_gwcs(
         spec.shape,
         float(ra_c),
         float(dec_c),
@@ -401,11 +538,52 @@ def _render(spec, scene, tile, rng, sky, masked):
         pixel_scale=spec.pixel_scale,
         distortion=spec.distortion,
     )
-    # Diffuse emission: evaluate the WCS on a coarse grid and interpolate
-    # (the emission is smooth on scales of many pixels).
-    step = spec.diffuse_step or max(8, min(nx, ny) // 16)
+
+
+def _coarse_grid(spec, step=None):
+    """Pixel columns and rows of the grid smooth surfaces are evaluated on."""
+    ny, nx = spec.shape
+    step = step or spec.diffuse_step or max(8, min(nx, ny) // 16)
     gx = np.unique(np.r_[np.arange(0, nx, step), nx - 1])
     gy = np.unique(np.r_[np.arange(0, ny, step), ny - 1])
+    return gx, gy
+
+
+def _plane_image(spec, plane, ra, dec, gx, gy):
+    """Sky plane ``(level, gx, gy)`` evaluated at (ra, dec) on the grid, at every pixel."""
+    level, slope_x, slope_y = plane
+    east, north = _sky_to_tangent(spec.center, ra, dec)
+    ny, nx = spec.shape
+    return _bilinear(level + slope_x * east + slope_y * north, gx, gy, nx, ny)
+
+
+@dataclass
+class _Tile:
+    """One image to render: its placement, file name and what goes into it."""
+
+    tile: TileSpec
+    name: str
+    sky: float
+    masked: bool
+    plane: tuple[float, float, float]
+    psf_sigma: float
+    stripes: tuple[np.ndarray, np.ndarray] | None
+
+
+def _render(spec, scene, image, rng):
+    """Return the WCS and pixel data, DQ and variance arrays of one image (float32).
+
+    ``image`` is the `_Tile` to render. Its sky, mask, plane, PSF width
+    and stripes do not draw from ``rng``, so a spec without them renders
+    as before they existed.
+    """
+    from stdatamodels.jwst.datamodels import dqflags
+
+    ny, nx = spec.shape
+    wcs = _tile_wcs(spec, image.tile)
+    # Diffuse emission: evaluate the WCS on a coarse grid and interpolate
+    # (the emission is smooth on scales of many pixels).
+    gx, gy = _coarse_grid(spec)
     gxx, gyy = np.meshgrid(gx, gy)
     ra, dec = wcs(gxx, gyy, with_bounding_box=False)
     coarse = scene.diffuse(ra, dec)
@@ -416,9 +594,16 @@ def _render(spec, scene, tile, rng, sky, masked):
         sra, sdec = _tangent_to_sky(spec.center, scene.star_xy[:, 0], scene.star_xy[:, 1])
         sx, sy = wcs.invert(sra, sdec, with_bounding_box=False)
         inside = (sx > -10) & (sx < nx + 10) & (sy > -10) & (sy < ny + 10)
-        _add_stars(data, sx[inside], sy[inside], scene.star_flux[inside], sigma=1.5)
+        _add_stars(data, sx[inside], sy[inside], scene.star_flux[inside], sigma=image.psf_sigma)
 
-    data += sky
+    if spec.sky_gradient > 0:
+        data += _plane_image(spec, image.plane, ra, dec, gx, gy)
+    else:
+        data += image.sky
+    if image.stripes is not None:
+        rows, columns = image.stripes
+        data += rows[:, None]
+        data += columns[None, :]
     if spec.noise > 0:
         data += rng.normal(0.0, spec.noise, size=data.shape)
     dq = np.zeros(spec.shape, dtype=np.uint32)
@@ -435,7 +620,7 @@ def _render(spec, scene, tile, rng, sky, masked):
         # a few flagged but finite pixels (reference pixels, saturated)
         idx2 = rng.choice(npix, size=nbad, replace=False)
         dq.flat[idx2] |= dqflags.pixel["SATURATED"]
-    if masked:
+    if image.masked:
         region = _mask_region(spec.masked_region, spec.shape)
         data[region] = np.nan
         dq[region] |= dqflags.pixel["DO_NOT_USE"]
@@ -690,12 +875,13 @@ def _models(spec, truth, share=None):
     to spread the writing over processes. The truth of every image is
     recorded.
     """
-    tiles, skies, masked = _record_truth(spec, truth)
+    images = _record_truth(spec, truth)
     rng = np.random.default_rng(spec.seed)
-    for k, (tile, sky, mask) in enumerate(zip(tiles, skies, masked, strict=True)):
-        wcs, data, dq, var = _render(spec, truth.scene, tile, rng, sky, mask)
+    for k, image in enumerate(images):
+        wcs, data, dq, var = _render(spec, truth.scene, image, rng)
         if share is not None and k % share[1] != share[0]:
             continue
+        tile = image.tile
         yield make_image_model(
             data, wcs, dq=dq, var=var, exposure=tile.exposure, detector=tile.detector
         )
@@ -704,21 +890,97 @@ def _models(spec, truth, share=None):
 def _record_truth(spec, truth):
     """Fill ``truth`` with the scene and each image's sky, without rendering.
 
-    Returns the tiles, their sky levels and whether each has the masked
-    region, in the order the images are rendered.
+    Returns a `_Tile` for every image, in the order they are rendered.
+    The optional structure (gradients, seeing, striping) is drawn from
+    generators of its own, and only when asked for.
     """
     tiles, scene = _tiles_and_scene(spec)
     skies = _tile_skies(spec, tiles)
     masked = _masked_tiles(spec, len(tiles))
+    slopes = _exposure_slopes(spec)
+    sigmas = _exposure_psf_sigmas(spec)
+    stripe_rng = np.random.default_rng(spec.seed + 6000) if spec.striping > 0 else None
+    centres = {
+        e: np.mean([t.offset for t in tiles if t.exposure == e], axis=0)
+        for e in range(1, spec.n_exposures + 1)
+    }
     truth.scene = scene
+    truth.spec = spec
+    images = []
     for tile, sky, mask in zip(tiles, skies, masked, strict=True):
         name = _file_name(tile.exposure, tile.detector)
-        truth.sky[name] = sky
+        slope_x, slope_y = slopes[tile.exposure - 1]
+        if spec.sky_gradient > 0:
+            # The exposure's sky is the plane's value at the exposure centre.
+            east, north = centres[tile.exposure]
+            plane = (float(sky - slope_x * east - slope_y * north), slope_x, slope_y)
+        else:
+            plane = (sky, 0.0, 0.0)
+        stripes = None
+        if stripe_rng is not None:
+            ny, nx = spec.shape
+            rows = _stripe_profile(stripe_rng, ny, spec.striping)
+            columns = _stripe_profile(stripe_rng, nx, STRIPE_COLUMN_RATIO * spec.striping)
+            stripes = (rows, columns)
+        image = _Tile(tile, name, sky, mask, plane, sigmas[tile.exposure - 1], stripes)
+        images.append(image)
         truth.exposure[name] = tile.exposure
+        truth.tiles[name] = tile
+        truth.sky_plane[name] = plane
+        truth.sky[name] = sky
+        if spec.sky_gradient > 0:
+            truth.sky[name] = float(np.mean(truth.sky_image(name)))
+        truth.psf_sigma[name] = image.psf_sigma
+        truth.striping[name] = 0.0
+        if stripes is not None:
+            truth.stripes[name] = stripes
+            # rows[y] + columns[x] over the image, exactly (both of zero mean)
+            truth.striping[name] = float(
+                np.sqrt(
+                    np.mean(rows**2) + np.mean(columns**2) + 2.0 * np.mean(rows) * np.mean(columns)
+                )
+            )
         truth.masked_fraction[name] = (
             float(_mask_region(spec.masked_region, spec.shape).mean()) if mask else 0.0
         )
-    return tiles, skies, masked
+    return images
+
+
+def _exposure_slopes(spec):
+    """Sky gradient ``(gx, gy)`` of every exposure, MJy/sr per arcsec (zeros if off)."""
+    if not spec.sky_gradient > 0:
+        return [(0.0, 0.0)] * spec.n_exposures
+    width = _exposure_layout(spec)[3] * spec.pixel_scale  # arcsec
+    rng = np.random.default_rng(spec.seed + 4000)
+    slopes = rng.normal(0.0, spec.sky_gradient / width, size=(spec.n_exposures, 2))
+    return [(float(a), float(b)) for a, b in slopes]
+
+
+def _exposure_psf_sigmas(spec):
+    """Star sigma of every exposure, pixels."""
+    if not spec.seeing_scatter > 0:
+        return [DEFAULT_PSF_SIGMA] * spec.n_exposures
+    rng = np.random.default_rng(spec.seed + 5000)
+    factors = 1.0 + rng.normal(0.0, spec.seeing_scatter, spec.n_exposures)
+    return [float(max(MIN_PSF_SIGMA, DEFAULT_PSF_SIGMA * f)) for f in factors]
+
+
+def _stripe_profile(rng, n, rms):
+    """Return ``n`` offsets with a 1/f power spectrum, zero mean and RMS ``rms``.
+
+    Gaussian white noise of length ``2 n`` is filtered in Fourier space by
+    ``f**-0.5`` (no constant term) and its first half kept, so the
+    sequence is not periodic.
+    """
+    white = rng.standard_normal(2 * n)
+    spectrum = np.fft.rfft(white)
+    freq = np.arange(spectrum.size, dtype=float)
+    spectrum[0] = 0.0
+    spectrum[1:] /= np.sqrt(freq[1:])
+    profile = np.fft.irfft(spectrum, 2 * n)[:n]
+    profile -= profile.mean()
+    size = np.sqrt(np.mean(profile**2))
+    return profile * (rms / size) if size > 0 else np.zeros(n)
 
 
 def _file_name(exposure, detector):
@@ -881,6 +1143,30 @@ def _parse(argv):
         metavar="INDEX",
         help="0-based images (in file order) that get --masked-region (default: 0)",
     )
+    p.add_argument(
+        "--sky-gradient",
+        type=float,
+        default=d.sky_gradient,
+        metavar="MJY_SR",
+        help="RMS change of each exposure's sky across its width (MJy/sr): a random linear "
+        "sky plane per exposure, shared by its detectors (0: flat skies)",
+    )
+    p.add_argument(
+        "--seeing-scatter",
+        type=float,
+        default=d.seeing_scatter,
+        metavar="FRACTION",
+        help="relative scatter of the star PSF width between exposures "
+        f"(sigma {DEFAULT_PSF_SIGMA} px times 1 + normal(0, FRACTION); 0: same PSF everywhere)",
+    )
+    p.add_argument(
+        "--striping",
+        type=float,
+        default=d.striping,
+        metavar="MJY_SR",
+        help="RMS of 1/f-like row striping per image (MJy/sr), plus columns at "
+        f"{STRIPE_COLUMN_RATIO} times that; zero mean (0: none)",
+    )
     return p.parse_args(argv)
 
 
@@ -899,6 +1185,13 @@ def main(argv=None):
     """
     args = _parse(argv)
     try:
+        for flag, value in (
+            ("--sky-gradient", args.sky_gradient),
+            ("--seeing-scatter", args.seeing_scatter),
+            ("--striping", args.striping),
+        ):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{flag} must be a finite number >= 0, not {value}")
         spec = MosaicSpec(
             n_exposures=args.exposures,
             detectors_per_exposure=args.detectors,
@@ -911,6 +1204,9 @@ def main(argv=None):
             detector_sky_scatter=args.detector_sky_scatter,
             masked_region=args.masked_region,
             masked_images=tuple(args.masked_images),
+            sky_gradient=args.sky_gradient,
+            seeing_scatter=args.seeing_scatter,
+            striping=args.striping,
         )
         # Check the options before writing anything.
         _masked_tiles(spec, spec.n_exposures * spec.detectors_per_exposure)
@@ -920,15 +1216,38 @@ def main(argv=None):
         return 2
     truth = write_mosaic(spec, args.outdir, product_name=args.product_name)
     print(f"Wrote {len(truth.files)} images and the association {truth.asn_path}")
-    header = f"{'image':45s} {'exp':>3s} {'true sky':>9s} masked"
+    # Columns for the optional structure, only when it is on.
+    extra = []
+    if spec.sky_gradient > 0:
+        extra.append(
+            (
+                f"{'gx':>10s} {'gy':>10s}",
+                lambda n: "{1:10.3e} {2:10.3e}".format(*truth.sky_plane[n]),
+            )
+        )
+    if spec.seeing_scatter > 0:
+        extra.append((f"{'psf':>5s}", lambda n: f"{truth.psf_sigma[n]:5.2f}"))
+    if spec.striping > 0:
+        extra.append((f"{'stripes':>8s}", lambda n: f"{truth.striping[n]:8.4f}"))
+    header = " ".join(
+        [f"{'image':45s} {'exp':>3s} {'true sky':>9s} masked"] + [h for h, _ in extra]
+    )
     print(header)
     print("-" * len(header))
     for path in truth.files:
         name = path.name
         masked = truth.masked_fraction[name]
+        mark = f"{masked:.0%}" if masked else "-"
+        row = f"{name:45s} {truth.exposure[name]:3d} {truth.sky[name]:9.4f} "
+        if extra:
+            row += " ".join([f"{mark:>6s}"] + [cell(name) for _, cell in extra])
+        else:
+            row += mark
+        print(row)
+    if spec.sky_gradient > 0:
         print(
-            f"{name:45s} {truth.exposure[name]:3d} {truth.sky[name]:9.4f} "
-            f"{f'{masked:.0%}' if masked else '-'}"
+            "(true sky: mean of the image's sky plane; gx, gy in MJy/sr per arcsec towards "
+            "decreasing RA and increasing Dec)"
         )
     print(f"\nTry: strun skymatch_step {truth.asn_path}")
     return 0

@@ -15,11 +15,17 @@ from jwst.stpipe import Step
 
 from ._diagnostics import write_diagnostics
 from ._engine import match
-from ._library import dask_files, is_on_disk, open_library
+from ._library import StepLibrary, dask_files, is_on_disk, open_library
 from ._memory import quick_collections
 from ._model_inputs import ModelInputs
 from ._step_options import StepOptions
-from ._writeback import log_levels, updates_from_result, user_sky_updates, write_back
+from ._writeback import (
+    defer_write_back,
+    log_levels,
+    updates_from_result,
+    user_sky_updates,
+    write_back,
+)
 
 __all__ = ["SkyMatchStep", "SkymatchStep"]
 
@@ -69,6 +75,7 @@ class SkymatchStep(Step):
 
         # Sky matching beyond jwst's step (the defaults give jwst's results):
         compare = option('statistics', 'differences', default='statistics') # compare overlaps by each image's sky statistic (jwst) or by pixel differences at the same sky positions
+        sky_model = option('constant', 'plane', default='constant') # each group's sky: one level (jwst) or a plane on the sky (needs compare='differences')
         anchor_sets = boolean(default=False) # give each set of overlapping images its own zero (match) or global level (global+match)
         grouping = option('exposure', 'image', default='exposure') # one sky level per exposure (group_id) or per image
         min_pair_pixels = integer(min=1, default=1) # leave out of the fit pairs measured on fewer usable pixels
@@ -156,6 +163,11 @@ class SkymatchStep(Step):
                     write_diagnostics(
                         result, options.diagnostics, plot=options.diagnostics_plot, unit=unit
                     )
+            if on_disk and not undo and isinstance(library, StepLibrary):
+                # The step's own on-disk library: written in stpipe's last
+                # pass, which reads and saves every model anyway.
+                defer_write_back(library, updates, subtract=options.subtract)
+                return library
             write_back(library, updates, subtract=options.subtract, on_disk=on_disk, undo=undo)
         log_levels(updates)
         return library
