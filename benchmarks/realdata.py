@@ -42,7 +42,8 @@ What `load_tiles` builds
       ``RotateNative2Celestial``. It is checked against `astropy.wcs.WCS`
       on a grid over the image (`check_gwcs`: < 1e-9 deg on the sky and
       < 1e-6 pixel on the way back, else `ValueError`);
-    * DQ: NaN pixels flagged ``DO_NOT_USE`` (the M17 tiles have none);
+    * DQ: NaN pixels flagged ``DO_NOT_USE`` (about 2% of the pixels of the
+      M17 and Orion tiles, in a few columns at one edge);
     * ERR and VAR_RNOISE: the header's ``SKYSIG`` (sky noise, DN) at every
       pixel when present, otherwise a robust per-tile estimate
       (`robust_noise`: MAD of differences of pixels two columns apart).

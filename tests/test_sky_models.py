@@ -131,6 +131,8 @@ def test_structure_widens_errors_and_is_reported(caplog):
         result = match(inputs, skymethod="match", compare="differences")
     assert "disagree with the fit far more than pixel noise explains" in caplog.text
     assert "sky_model='plane'" in caplog.text
+    widened = f"an excess of {result.excess:.3g}" if result.excess > 0 else "no further excess"
+    assert widened in caplog.text
     assert result.chi2_pixel > 9.0
     errors = np.array([p.error for p in result.pairs])
     pixel = np.array([p.pixel_error for p in result.pairs])

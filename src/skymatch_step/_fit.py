@@ -296,16 +296,20 @@ def _report_fit_quality(chi2_pixel, excess, dof, model):
         else "a skymask for extended sources or scattered light, or reject_sigma for a few "
         "bad pairs"
     )
+    widened = (
+        f"the scatter across its overlap and an excess of {excess:.3g}"
+        if excess > 0
+        else "the scatter across its overlap (no further excess is needed)"
+    )
     log.warning(
         "The overlaps disagree with the fit far more than pixel noise explains: the RMS "
         "normalized residual is %.3g with pixel-noise errors (1 expected). The skies have "
         "structure that a %s sky per image cannot follow (gradients, scattered light, PSF "
-        "differences, stripes). Each pair's error now includes the scatter across its overlap "
-        "and an excess of %.3g, so that no few pairs dominate; levels are as good as a %s "
-        "model allows. Try %s.",
+        "differences, stripes). Each pair's error now includes %s, so that no few pairs "
+        "dominate; levels are as good as a %s model allows. Try %s.",
         math.sqrt(chi2_pixel),
         model,
-        excess,
+        widened,
         model,
         hint,
     )

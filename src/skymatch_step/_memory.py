@@ -125,6 +125,7 @@ def quick_collections(enabled):
     if not enabled or gc.get_freeze_count():
         yield
         return
+    gc.collect()  # garbage frozen now could never be collected
     gc.freeze()
     FREEZING.active, FREEZING.settled = True, 0
     try:

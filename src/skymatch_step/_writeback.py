@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._library import borrow
-from ._memory import release
+from ._memory import quick_collections, release
 from ._model_inputs import check_subtractable, model_name
 from ._progress import Progress
 from ._skylist import read_skylist
@@ -305,7 +305,9 @@ def defer_write_back(library, updates, *, subtract):
 
     def finalize(step, reference_files_used):
         progress = Progress(log, "Wrote the results into", len(updates), "models")
-        with library:
+        # One model at a time: each collection walks only what was made
+        # since the last one (see `release`).
+        with quick_collections(True), library:
             for index in range(len(updates)):
                 # The library's borrow writes the update (``defer``).
                 model = borrow(library, index, again=True)
@@ -315,7 +317,7 @@ def defer_write_back(library, updates, *, subtract):
                 finally:
                     library.shelve(model, index)
                 del model
-                release(True, pixels=pixels)
+                release(True, settle=True, pixels=pixels)
                 progress.advance()
         progress.finish()
         log_levels(updates)
