@@ -50,6 +50,8 @@ class Comparison(ABC):
     keeps_transforms: ClassVar[bool] = False
     #: Whether each image can be measured on its own in another process.
     runs_remotely: ClassVar[bool] = False
+    #: Whether it measures at sky positions (what a plane sky model needs).
+    gives_positions: ClassVar[bool] = False
 
     @abstractmethod
     def start(self, layout, stats, sky_model=None):
@@ -178,11 +180,6 @@ class StatisticsComparison(Comparison):
     runs_remotely: ClassVar[bool] = True
 
     def start(self, layout, stats, sky_model=None):
-        if sky_model is not None and sky_model.needs_positions:
-            raise ValueError(
-                f"sky_model={sky_model.name!r} needs compare='differences': the plane is fitted "
-                "to pixel differences at the same sky positions."
-            )
         return _StatisticsRun(layout, stats)
 
 
@@ -287,6 +284,7 @@ class DifferencesComparison(Comparison):
 
     name: ClassVar[str] = "differences"
     keeps_transforms: ClassVar[bool] = True
+    gives_positions: ClassVar[bool] = True
 
     grid_step: int = 32
     grid_tolerance: float = 0.005

@@ -96,7 +96,7 @@ class MatchOptions:
             raise ValueError(f"stats={self.stats!r} must be a SkyStatistics.")
         object.__setattr__(self, "compare", comparison(self.compare))
         object.__setattr__(self, "sky_model", sky_model(self.sky_model))
-        if self.sky_model.needs_positions and self.compare.name != "differences":
+        if self.sky_model.needs_positions and not self.compare.gives_positions:
             raise ValueError(
                 f"sky_model={self.sky_model.name!r} needs compare='differences' (got "
                 f"compare={self.compare.name!r}): the plane is fitted to pixel differences at "

@@ -155,7 +155,7 @@ class PlaneSky(SkyModel):
 
 
 def _f_limit(dof):
-    """Ratio of two variance estimates that chance alone exceeds 1% of the time."""
+    """Ratio of two variance estimates that chance alone exceeds 0.1% of the time."""
     return float(chi2.ppf(_CONFIDENCE, dof) / dof)
 
 
