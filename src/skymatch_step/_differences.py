@@ -142,14 +142,15 @@ class PairDifference:
         ``(xi, eta)`` tangent-plane centroid of the differences used
         (degrees); None when positions were not recorded.
     plane : ndarray or None
-        With a plane sky model: ``sky(a) - sky(b)`` as a plane in the
-        tangent plane, ``(value at the centroid, d/dxi, d/deta)`` (per
-        degree); ``difference`` is its value at the centroid.
+        ``sky(a) - sky(b)`` as a plane in the tangent plane, ``(value at
+        the centroid, d/dxi, d/deta)`` (per degree); ``difference`` is its
+        value at the centroid (see `PairRecord.plane`).
     plane_cov : ndarray or None
         3x3 covariance of ``plane``.
     moments : ndarray or None
         2x2 covariance of the differences' positions about ``centre``
-        (degrees squared): the overlap's extent, for the plane fit.
+        (degrees squared): the overlap's extent, for the plane fit and
+        the uncertainties.
     """
 
     a: int

@@ -15,12 +15,17 @@ weights then follow the real disagreement of the pairs, not the pixel noise
 alone, and no few pairs dominate. The log says so, with what to try. On
 skies with pixel noise only the excess is 0 and nothing changes.
 
-Uncertainties. Each group's level gets a 1-sigma uncertainty from the
-inverse of the fit's normal matrix (`skymatch_step._network`), relative to
+Uncertainties. Each group's level gets a 1-sigma uncertainty relative to
 the mean level of its connected set (the offsets of a set are determined up
-to a common constant, and a plane's up to a common plane). Without pair
-errors (``compare='statistics'``), the errors are taken from the robust
-scatter of the weighted residuals.
+to a common constant, and a plane's up to a common plane). With pair errors
+(``compare='differences'``) they are calibrated (`skymatch_step._uncertainty`):
+the pair errors are propagated through the fit together with the pixels
+that overlapping pairs share and, for a constant sky, the gradients that the
+pairs' slopes show and a constant cannot follow; the Birge ratio widens the
+part of the pair errors when the residuals call for it. For planes the
+shared pixels widen the network's own uncertainties (`Network`). Without
+pair errors (``compare='statistics'``), the errors are taken from the
+robust scatter of the weighted residuals.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from scipy.stats import f as f_dist
 
 from ._network import Network
 from ._solver import connected_sets, fit_offsets
+from ._uncertainty import level_variances, shared_pixel_covariances
 
 __all__ = ["SkyFit", "fit_sky"]
 
@@ -161,11 +167,118 @@ def _fit_constant(records, layout, options):
     if errors is None and np.isfinite(fit.scale):
         # Errors from the scatter of the weighted residuals (no pixel errors).
         errors = np.array([fit.scale / abs(r.weight) if r.weight else np.inf for r in records])
-    uncertainties = _uncertainties(records, ngroups, errors, np.ones((ngroups, 1)))
     if errors is not None and np.isfinite(chi2_pixel):
         normalized = np.array([r.normalized for r in records if not r.rejected])
-        uncertainties *= _birge(float(np.sum(normalized**2)), _dof(records, ngroups))
+        birge = _birge(float(np.sum(normalized**2)), _dof(records, ngroups))
+        uncertainties = _calibrated_uncertainties(records, layout, errors, birge, options)
+    else:
+        uncertainties = _uncertainties(records, ngroups, errors, np.ones((ngroups, 1)))
     return SkyFit(offsets, sets, uncertainties, None, excess, chi2_pixel)
+
+
+def _used_with_errors(records, errors):
+    """Return the indices of the pairs the fit used that have a finite positive error."""
+    return np.array(
+        [
+            k
+            for k, (r, e) in enumerate(zip(records, errors, strict=True))
+            if not r.rejected and np.isfinite(e) and e > 0
+        ],
+        dtype=np.intp,
+    )
+
+
+def _shared(records, used, errors):
+    """Shared-pixel covariances of the pairs ``used`` (None without their geometry)."""
+    recs = [records[k] for k in used]
+    if not recs or any(r.centre is None or r.moments is None for r in recs):
+        return None
+    pixel = np.array(
+        [
+            r.pixel_error if np.isfinite(r.pixel_error) else e
+            for r, e in zip(recs, errors[used], strict=True)
+        ]
+    )
+    return shared_pixel_covariances(
+        [r.a for r in recs],
+        [r.b for r in recs],
+        pixel,
+        np.array([r.centre for r in recs], dtype=float),
+        np.array([r.moments for r in recs], dtype=float),
+    )
+
+
+def _calibrated_uncertainties(records, layout, errors, birge, options):
+    """Constant-sky uncertainties with shared pixels and unmodelled gradients (`_uncertainty`).
+
+    The pair errors' part (shared pixels included) is widened by the Birge
+    ratio; the gradients' part is added when the pairs' slopes call for
+    gradients (0 otherwise).
+    """
+    ngroups = layout.ngroups
+    out = np.full(ngroups, np.nan)
+    if ngroups > _MAX_UNCERTAINTY_GROUPS:
+        return out
+    errors = np.asarray(errors, dtype=float)
+    used = _used_with_errors(records, errors)
+    if not used.size:
+        return out
+    recs = [records[k] for k in used]
+    tau2 = _gradient_spread(records, layout, options)
+    gradients = None
+    if tau2 > 0:
+        scale = layout.plane_scale
+        centres = np.array([r.centre for r in recs], dtype=float)
+        pos = layout.group_positions
+        gradients = (
+            (centres - pos[[r.a for r in recs]]) / scale,
+            (centres - pos[[r.b for r in recs]]) / scale,
+            tau2,
+        )
+    noise, gradient = level_variances(
+        [r.a for r in recs],
+        [r.b for r in recs],
+        errors[used],
+        ngroups,
+        shared=_shared(records, used, errors),
+        gradients=gradients,
+    )
+    out = np.sqrt(birge**2 * noise + gradient)
+    if tau2 > 0:
+        linked = np.isfinite(out)
+        log.info(
+            "Level uncertainties include the sky gradients a constant cannot follow "
+            "(RMS %.3g per unit of the mosaic's size): up to %.3g of the %d level(s); "
+            "sky_model='plane' fits them.",
+            math.sqrt(tau2),
+            float(np.sqrt(np.max(gradient[linked]))) if linked.any() else math.nan,
+            int(linked.sum()),
+        )
+    return out
+
+
+def _gradient_spread(records, layout, options):
+    """Variance of the groups' sky gradients per axis (scaled units) the pairs' slopes call for.
+
+    The slopes of the pairs' differences, fitted as the plane sky model
+    fits them (its excess variances and the empirical-Bayes spread of its
+    slopes, `_slope_prior`); 0 when the overlaps do not call for slopes or
+    too few pairs measured them.
+    """
+    ngroups = layout.ngroups
+    enough = [min(r.npix_a, r.npix_b) >= options.min_pair_pixels for r in records]
+    used = np.flatnonzero(
+        [
+            r.plane is not None and r.moments is not None and not r.rejected and ok
+            for r, ok in zip(records, enough, strict=True)
+        ]
+    )
+    if used.size < 3:
+        return 0.0
+    eqs = _PlaneEquations(records, layout.plane_scale, ngroups)
+    excess, slope_excess, _ = _plane_excess(eqs, used, report=False, quick=True)
+    _, tau2 = _slope_prior(eqs, used, eqs.cov(excess, slope_excess), ngroups, quiet=True)
+    return tau2
 
 
 def _dof(records, ngroups):
@@ -217,7 +330,7 @@ def _constant_excess(records, ngroups, npix, errors, options):
     return excess, chi2_pixel
 
 
-def _excess_variance(chi2_of, dof, k):
+def _excess_variance(chi2_of, dof, k, start=1.0, tolerance=1.001):
     """Excess variance ``s2`` that makes the pairs' chi-squares what their errors predict.
 
     ``chi2_of(s2)`` returns each used pair's chi-square (``k`` degrees of
@@ -226,7 +339,9 @@ def _excess_variance(chi2_of, dof, k):
     absorbs, is set to that of a chi-square of ``k`` degrees of freedom (a
     robust Paule-Mandel estimate: a few outlying pairs, which rejection
     handles, do not inflate every error). 0 when the residuals are within
-    ``_EXCESS_SIGMAS`` standard errors of the expected median.
+    ``_EXCESS_SIGMAS`` standard errors of the expected median. The search
+    brackets ``s2`` by factors of 4 from ``start`` and bisects it to a
+    ratio ``tolerance``.
     """
     expected = float(chi2.ppf(0.5, k))
 
@@ -240,7 +355,7 @@ def _excess_variance(chi2_of, dof, k):
     relative_se = 1.0 / (2.0 * math.sqrt(values0.size) * density * expected)
     if ratio(0.0) <= 1.0 + _EXCESS_SIGMAS * relative_se:
         return 0.0
-    lo, hi = 0.0, 1.0
+    lo, hi = 0.0, float(start)
     for _ in range(_SEARCH_STEPS):
         if ratio(hi) <= 1.0:
             break
@@ -259,7 +374,7 @@ def _excess_variance(chi2_of, dof, k):
             lo = mid
         else:
             hi = mid
-        if hi <= lo * 1.001:
+        if hi <= lo * tolerance:
             break
     return hi
 
@@ -341,7 +456,7 @@ def _fit_planes(records, layout, options):
     uncertainties = np.full(ngroups, np.nan)
     sets = np.arange(ngroups)
     if used.size:
-        prior = _slope_prior(eqs, used, cov, ngroups)
+        prior, _ = _slope_prior(eqs, used, cov, ngroups)
         network = eqs.network(used, cov, prior)
         planes = network.solve()
         sets = network.sets
@@ -351,6 +466,8 @@ def _fit_planes(records, layout, options):
             uncertainties = np.sqrt(network.level_variances(combos, np.ones(3, dtype=bool)))
             free = eqs.network(used, cov)
             uncertainties *= _birge(float(free.chi2(free.solve()).sum()), free.redundancy())
+            level_errors = np.sqrt(eqs.cov_m[used, 0, 0] + excess**2)  # at each centre
+            uncertainties *= _shared_pixel_factor(records, used, level_errors, ngroups)
         _fill_plane_columns(records, planes, scale, excess)
     levels = np.einsum("gd,gd->g", combos, planes)
     # Back to physical units: slopes per degree of xi and eta.
@@ -359,6 +476,27 @@ def _fit_planes(records, layout, options):
     sets = np.where(linked, sets, -1)
     sets = _relabel(sets)
     return SkyFit(levels, sets, uncertainties, planes, excess, chi2_pixel)
+
+
+def _shared_pixel_factor(records, used, errors, ngroups):
+    """Factor on each group's plane uncertainty for the pixels its pairs share.
+
+    Computed on the levels alone (each pair's level at its centre, with its
+    error): the ratio of the level's standard deviation with and without
+    the shared pixels' covariances (`_uncertainty`); 1 where unknown.
+    """
+    full = np.full(len(records), np.nan)
+    full[used] = errors
+    keep = _used_with_errors(records, full)
+    shared = _shared(records, keep, full)
+    if shared is None or not shared[0].size:
+        return np.ones(ngroups)
+    a = [records[k].a for k in keep]
+    b = [records[k].b for k in keep]
+    with_shared, _ = level_variances(a, b, full[keep], ngroups, shared=shared)
+    alone, _ = level_variances(a, b, full[keep], ngroups)
+    factor = np.sqrt(with_shared / alone)
+    return np.where(np.isfinite(factor) & (factor > 0), factor, 1.0)
 
 
 class _PlaneEquations:
@@ -423,7 +561,7 @@ class _PlaneEquations:
         return np.einsum("kij,kj->ki", back, r)
 
 
-def _plane_excess(eqs, used):
+def _plane_excess(eqs, used, report=True, quick=False):
     """Excess level and slope standard deviations the residuals call for; the pixel chi2.
 
     Structure beyond a plane adds to each pair's level at its centre and to
@@ -455,10 +593,21 @@ def _plane_excess(eqs, used):
         return np.einsum("ki,kij,kj->k", r, inv, r)
 
     excess2 = slope2 = 0.0
-    for _ in range(3):
-        excess2 = _excess_variance(lambda t, v=slope2: chi2_level(t, v), dof, 1)
-        slope2 = _excess_variance(lambda t, e=excess2: chi2_slopes(t, e), 2 * dof, 2)
+    # quick (for the constant sky's uncertainties): one round, searched from
+    # the pairs' own variances, to 10%.
+    search = {}
+    if quick:
+        search = {"tolerance": 1.1}
+    for _ in range(1 if quick else 3):
+        if quick:
+            search["start"] = float(np.median(eqs.cov_m[used, 0, 0]))
+        excess2 = _excess_variance(lambda t, v=slope2: chi2_level(t, v), dof, 1, **search)
+        if quick:
+            search["start"] = float(np.median(eqs.cov_m[used, 1, 1] + eqs.cov_m[used, 2, 2]))
+        slope2 = _excess_variance(lambda t, e=excess2: chi2_slopes(t, e), 2 * dof, 2, **search)
     excess, slope_excess = math.sqrt(excess2), math.sqrt(slope2)
+    if not report:
+        return excess, slope_excess, chi2_pixel
     _report_fit_quality(chi2_pixel, excess, dof, "plane")
     if slope_excess > 0:
         log.info("Plane slopes: errors widened by structure of amplitude %.3g.", slope_excess)
@@ -475,8 +624,8 @@ def _relabel(sets):
     return out
 
 
-def _slope_prior(eqs, used, cov, ngroups):
-    """Precision of a zero-mean prior on the groups' slopes (empirical Bayes).
+def _slope_prior(eqs, used, cov, ngroups, quiet=False):
+    """Precision of a zero-mean prior on the groups' slopes (empirical Bayes), and its variance.
 
     A plane has three times the unknowns of a level, and slopes measured
     across narrow overlaps are noisy: left free, they add noise to skies
@@ -490,14 +639,19 @@ def _slope_prior(eqs, used, cov, ngroups):
     freeing the slopes does not improve the fit's chi-square significantly
     (an F test at 99%), or flat planes already fit the overlaps within their
     errors (a chi-square test at 99%), the planes are kept flat outright.
+
+    Returns ``(precision, tau2)``: the precision of every coefficient
+    (None: no prior) and ``tau**2`` (0 when the planes are kept flat or no
+    prior is set). ``quiet``: no log lines (the constant sky's uncertainties
+    use ``tau**2``).
     """
     if ngroups > _MAX_UNCERTAINTY_GROUPS:
-        return None
+        return None, 0.0
     free = eqs.network(used, cov)
     slopes = free.solve()[:, 1:]
     linked = np.all(np.isfinite(slopes), axis=1)
     if linked.sum() < 3:
-        return None
+        return None, 0.0
     scale2 = max(float(np.mean(slopes[linked] ** 2)), 1e-12)
     # Do the overlaps call for slopes at all? The chi-square the fit gains by
     # freeing them is chi-square(2 (n - 1)) when the skies are flat.
@@ -518,13 +672,14 @@ def _slope_prior(eqs, used, cov, ngroups):
     # ... and only when flat planes do not fit the overlaps within their errors.
     called_for &= residual + gain > chi2.ppf(_FLAT_CONFIDENCE, max(dof_free + dof, 1))
     if not called_for:
-        log.info(
-            "Plane slopes: the overlaps do not call for them (chi-square gain %.3g for %d "
-            "slopes): the planes are kept flat.",
-            gain,
-            dof,
-        )
-        return np.array([0.0, 1e6 / scale2, 1e6 / scale2])
+        if not quiet:
+            log.info(
+                "Plane slopes: the overlaps do not call for them (chi-square gain %.3g for %d "
+                "slopes): the planes are kept flat.",
+                gain,
+                dof,
+            )
+        return np.array([0.0, 1e6 / scale2, 1e6 / scale2]), 0.0
     tau2 = scale2
     absolute = np.array([True, False, False])
     units = [np.tile(e, (ngroups, 1)) for e in ((0.0, 1.0, 0.0), (0.0, 0.0, 1.0))]
@@ -537,12 +692,13 @@ def _slope_prior(eqs, used, cov, ngroups):
             tau2 = new
             break
         tau2 = new
-    log.info(
-        "Plane slopes: prior width %.3g (scaled units), from %d group(s).",
-        math.sqrt(tau2),
-        int(linked.sum()),
-    )
-    return np.array([0.0, 1.0 / tau2, 1.0 / tau2])
+    if not quiet:
+        log.info(
+            "Plane slopes: prior width %.3g (scaled units), from %d group(s).",
+            math.sqrt(tau2),
+            int(linked.sum()),
+        )
+    return np.array([0.0, 1.0 / tau2, 1.0 / tau2]), tau2
 
 
 def _reject_planes(records, eqs, used, cov, options):

@@ -132,6 +132,15 @@ class Network:
         x[where[:, 0], where[:, 1]] = sol
         return x
 
+    def solve_normal(self, rhs):
+        """Apply the inverse of the normal matrix to ``rhs`` (``(n, dim, ...)``, by group).
+
+        The set's fixed coefficients are held at zero (their rows of the
+        result are zero): combinations that sum to zero over a set, such as
+        a level relative to the set's mean, are unaffected by that choice.
+        """
+        return self._solve_free(np.asarray(rhs, dtype=float))
+
     def solve(self):
         """Minimum-norm coefficients of every group.
 

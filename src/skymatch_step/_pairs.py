@@ -58,14 +58,18 @@ class PairRecord:
         Tangent-plane centroid ``(xi, eta)`` of the pair's pixel
         differences (degrees), when measured.
     plane : ndarray or None
-        With ``sky_model='plane'``: the plane of ``sky(a) - sky(b)``
-        measured in the overlap, ``(value at centre, d/dxi, d/deta)`` (per
-        degree); ``difference`` is its value at ``centre``.
+        The plane of ``sky(a) - sky(b)`` measured in the overlap, ``(value
+        at centre, d/dxi, d/deta)`` (per degree); ``difference`` is its
+        value at ``centre``. With ``sky_model='plane'`` it is fitted to
+        block medians; with ``'constant'`` its slopes come from the means
+        of the jackknife blocks and serve only the uncertainties (the
+        gradients a constant cannot follow).
     plane_cov : ndarray or None
         3x3 covariance of ``plane``.
     moments : ndarray or None
         2x2 covariance of the pixel differences' positions about ``centre``
-        (degrees squared).
+        (degrees squared): the overlap's extent (for the plane fit, and for
+        the pixels that overlapping pairs share in the uncertainties).
     """
 
     a: int

@@ -111,18 +111,25 @@ class ConstantSky(SkyModel):
             return replace(result, centre=centre)
         var, nblocks = _jackknife_mean(diffs, labels)
         block_error = math.sqrt(var) if var >= 0 else math.nan
+        # The overlap's extent and the slopes of its differences (for the
+        # uncertainties only: `skymatch_step._uncertainty`).
+        moments = np.cov(np.vstack([xi, eta]))
+        slopes = _block_mean_plane(diffs, xi - centre[0], eta - centre[1], labels)
+        measured = {"block_error": block_error, "centre": centre, "moments": moments}
+        if slopes is not None:
+            measured["plane"] = np.array([result.difference, slopes[0][1], slopes[0][2]])
+            measured["plane_cov"] = slopes[1]
+            measured["plane_cov"][0, 0] = result.error**2
         if not (nblocks >= _MIN_BLOCKS and var > result.error**2 * _f_limit(nblocks - 1)):
-            return replace(result, block_error=block_error, centre=centre)
+            return replace(result, **measured)
         # Structure in the overlap: its error is the blocks' scatter, and its
         # level the median of the differences, which skewed structure (the
         # wings of a nebula, a gradient) moves less than their mean.
-        return replace(
-            result,
-            difference=float(np.median(diffs)),
-            error=block_error,
-            block_error=block_error,
-            centre=centre,
-        )
+        difference = float(np.median(diffs))
+        if slopes is not None:
+            measured["plane"][0] = difference
+            measured["plane_cov"][0, 0] = block_error**2
+        return replace(result, difference=difference, error=block_error, **measured)
 
 
 @dataclass(frozen=True)
@@ -195,6 +202,35 @@ def _jackknife_mean(values, labels):
     means = (total - sums) / (n - counts)
     var = (nblocks - 1) / nblocks * float(np.sum((means - means.mean()) ** 2))
     return var, nblocks
+
+
+def _block_mean_plane(d, x, y, labels):
+    """Plane through the means of the jackknife blocks: ``(plane, cov)`` per degree, or None.
+
+    Cheap (the blocks are those of the jackknife): the slopes of a pair's
+    differences, for the gradient term of the constant sky's uncertainties.
+    """
+    counts = np.bincount(labels).astype(float)
+    used = counts >= 8
+    if used.sum() < _MIN_BLOCKS:
+        return None
+    w = counts[used]
+    mean = np.bincount(labels, d)[used] / w
+    bx = np.bincount(labels, x)[used] / w
+    by = np.bincount(labels, y)[used] / w
+    scale = float(np.sqrt(np.average(bx**2 + by**2, weights=w)))
+    if not scale > 0:
+        return None
+    design = np.column_stack([np.ones(w.size), bx / scale, by / scale]) * np.sqrt(w)[:, None]
+    try:
+        inverse = np.linalg.inv(design.T @ design)
+    except np.linalg.LinAlgError:
+        return None
+    coef = inverse @ design.T @ (mean * np.sqrt(w))
+    resid = mean * np.sqrt(w) - design @ coef
+    cov = float(resid @ resid) / max(w.size - 3, 1) * inverse
+    jac = np.diag([1.0, 1.0 / scale, 1.0 / scale])
+    return jac @ coef, jac @ cov @ jac.T
 
 
 def _fit_plane(pooled):
