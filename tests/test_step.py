@@ -496,18 +496,21 @@ def test_on_disk_run_validates_each_file_on_its_first_read_only(mosaic_on_disk, 
     # last pass reads it once more, and the step's results are written
     # there. Only the first read validates the file against its schemas;
     # the others open a file already validated in this run.
+    # Every route that reads a model from a FITS file (the library's opens,
+    # and the step's own opens of an on-disk member's file) goes through
+    # stdatamodels' from_fits.
     import asdf
-
-    from skymatch_step._library import StepLibrary
+    from stdatamodels import fits_support
 
     opens = []
-    original = StepLibrary._datamodels_open
+    original = fits_support.from_fits
 
-    def recording_open(self, filename, **kwargs):
-        opens.append((Path(filename).name, asdf.get_config().validate_on_read))
-        return original(self, filename, **kwargs)
+    def recording_from_fits(hdulist, *args, **kwargs):
+        name = Path(hdulist.fileinfo(0)["filename"]).name
+        opens.append((name, asdf.get_config().validate_on_read))
+        return original(hdulist, *args, **kwargs)
 
-    monkeypatch.setattr(StepLibrary, "_datamodels_open", recording_open)
+    monkeypatch.setattr(fits_support, "from_fits", recording_from_fits)
     library = SkymatchStep.call(str(mosaic_on_disk.asn_path), in_memory=False, maximum_cores="1")
     names = [f.name for f in mosaic_on_disk.files]
     # WCS pass (validated), pixel pass, and stpipe's last pass, which also

@@ -7,26 +7,35 @@ usable pixels and its WCS transforms (`describe`, `usable_image`).
 engine's inputs (`ImageInput`); on Dask, workers read the files themselves
 (`FileSource`, `describe_file`). `model_input` turns one model into an
 engine input, for scripts that call the engine directly.
+
+An on-disk library's members whose FITS files are known are opened here
+straight from their files (`open_member_file`), without reading the
+arrays that are not needed: none in the WCS pass, the science and DQ
+arrays only in the pixel pass.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+from astropy.io import fits
 from astropy.nddata.bitmask import interpret_bit_flags
 from jwst.lib.exposure_types import SPEC_TYPES
+from stdatamodels import filetype
 from stdatamodels.jwst import datamodels
+from stdatamodels.jwst.datamodels import JwstDataModel
 from stdatamodels.jwst.datamodels.dqflags import pixel as _dq_flags
 
 from ._engine import ImageInput
 from ._footprints import image_footprint
-from ._library import LEDGER_LOCK, borrow, is_on_disk, reread
+from ._library import LEDGER_LOCK, borrow, is_on_disk, member_files, reread
 from ._masks import read_skymask
 from ._memory import release, trim_heap
 from ._progress import Progress
@@ -44,6 +53,7 @@ __all__ = [
     "good_pixels",
     "model_input",
     "model_name",
+    "open_member_file",
     "parse_dqbits",
     "start_level",
     "usable_image",
@@ -308,7 +318,7 @@ def describe(model, index, dqbits, subtract):
     )
 
 
-def usable_image(model, index, dqbits, masks, *, with_wcs=True):
+def usable_image(model, index, dqbits, masks, *, with_wcs=True, detach=False):
     """Make the engine's view of one open model: usable pixels and transforms.
 
     The returned input holds the science array and good-pixel mask (DQ,
@@ -326,13 +336,20 @@ def usable_image(model, index, dqbits, masks, *, with_wcs=True):
         The user's sky masks, with ``apply(index, good)``.
     with_wcs : bool, optional
         Also prepare the WCS transforms (None otherwise).
+    detach : bool, optional
+        Copy the science array (the model's is a view of a memory-mapped
+        file, `open_member_file`), so that the file can be closed at once.
 
     Returns
     -------
     ImageInput
     """
     data = model.data
-    good = good_pixels(model, dqbits)
+    if detach:
+        data = np.array(data)  # same dtype and values, in memory
+        good = good_pixels(_Arrays(data, getattr(model, "dq", None)), dqbits)
+    else:
+        good = good_pixels(model, dqbits)
     masks.apply(index, good)
     forward, inverse = wcs_callables(model.meta.wcs) if with_wcs else (None, None)
 
@@ -347,6 +364,99 @@ def usable_image(model, index, dqbits, masks, *, with_wcs=True):
         inverse=inverse,
         pixels=pixels,
     )
+
+
+@dataclass(frozen=True)
+class _Arrays:
+    """A model's science and DQ arrays (what `good_pixels` reads)."""
+
+    data: object
+    dq: object
+
+
+#: How `open_member_file` opens a file for its metadata: arrays memory-mapped
+#: and left unscaled, so that none is read (a scaled one, such as a DQ array
+#: with BZERO, would be read in full to be converted).
+_METADATA_ONLY = {"memmap": True, "do_not_scale_image_data": True}
+
+
+def _model_class(hdulist):
+    """Return the data model class named by a FITS file (``DATAMODL``), or None."""
+    name = hdulist[0].header.get("DATAMODL")
+    cls = getattr(datamodels, name, None) if isinstance(name, str) else None
+    if isinstance(cls, type) and issubclass(cls, JwstDataModel):
+        return cls
+    return None
+
+
+@contextlib.contextmanager
+def open_member_file(path, *, pixels, again=False):
+    """Open a member's FITS file as its data model, reading few of its arrays.
+
+    What ``datamodels.open(path)`` does (the same class, from the file's
+    ``DATAMODL``; the same validation of its metadata), but on a
+    memory-mapped file: an array is read only when it is used. With
+    ``pixels=False`` no array is read (their shapes are known, unscaled
+    arrays keep the type they have in the file); with ``pixels=True``
+    arrays are scaled as usual (the DQ array read and converted) and the
+    caller copies the science array (`usable_image` with ``detach``) before
+    the file is closed. The model and the file are closed on exit; the
+    memory map goes with the last array that uses it (`release` collects
+    the model).
+
+    Yields None, after closing anything it opened, when the file cannot
+    be opened this way (not FITS, no known ``DATAMODL``, or any error
+    while opening it): the caller then opens it as the library does, which
+    gives the usual model or raises the usual error.
+
+    Parameters
+    ----------
+    path : str
+        The member's file.
+    pixels : bool
+        Whether its science and DQ arrays will be used.
+    again : bool, optional
+        The file was read and validated before in this run (`reread`).
+    """
+    hdulist = model = None
+    failed = False
+    try:
+        if filetype.check(path) == "fits":
+            hdulist = fits.open(path, **({} if pixels else _METADATA_ONLY))
+            cls = _model_class(hdulist)
+            if cls is not None:
+                with reread() if again else contextlib.nullcontext():
+                    model = cls(hdulist)
+    except MemoryError:
+        raise
+    except Exception as err:  # the library's open gives the error, if any
+        log.debug("Opening %r from its file failed (%s); opening it as usual.", path, err)
+        failed = True
+    if model is None and hdulist is not None:
+        hdulist.close()
+        hdulist = None
+    if failed:
+        gc.collect()  # what the failed open had mapped
+    try:
+        yield model
+    finally:
+        if model is not None:
+            model.close()
+        if hdulist is not None:
+            hdulist.close()
+        del model, hdulist
+
+
+def _on_disk_files(library):
+    """Return the files of an on-disk library's models, for `open_member_file`, or None.
+
+    None (every model opened through the library) for a library in
+    memory, one whose files are unknown, or one opening its files with
+    options of its own.
+    """
+    if not is_on_disk(library) or getattr(library, "_datamodels_open_kwargs", None):
+        return None
+    return member_files(library)
 
 
 def describe_file(source, *, dqbits, subtract, stepsize):
@@ -550,25 +660,21 @@ class ModelInputs:
         library, options = self._library, self._options
         on_disk = is_on_disk(library)
         group_of = self._group_of()
+        # On disk, each model is opened from its file when the file is known,
+        # without reading its arrays; otherwise it is borrowed from the library.
+        files = _on_disk_files(library)
         seen = []
         progress = Progress(log, "Read the WCS of", len(library), "models")
         for index in range(len(library)):
-            with LEDGER_LOCK:
-                model = borrow(library, index)
-            try:
-                member = describe(model, index, options.dqbits, options.subtract)
-                seen.append(member)
-                forward, inverse = wcs_callables(model.meta.wcs)
-            finally:
-                with LEDGER_LOCK:
-                    library.shelve(model, index, modify=False)
-            del model
+            path = None if files is None else files[index]
+            member, forward, inverse = self._describe(index, path)
+            seen.append(member)
             pixels = int(np.prod(member.shape))
             release(on_disk, pixels=pixels)
             progress.advance()
             # On disk, the engine keeps only the footprint and re-opens the
             # model (WCS and pixels) through the source when measuring it.
-            source = _LibrarySource(library, index, options.dqbits, on_disk, self._masks)
+            source = _LibrarySource(library, index, options.dqbits, on_disk, self._masks, path)
             yield ImageInput(
                 id=member,
                 shape=member.shape,
@@ -584,6 +690,52 @@ class ModelInputs:
             release(on_disk, settle=True, pixels=pixels)
         progress.finish()
         self._check(seen)
+
+    def _describe(self, index, path):
+        """Check model ``index`` (`describe`); return it and its WCS transforms.
+
+        From its file (``path``, none of its arrays read) when it can be
+        opened that way and the file gives the answers the library's model
+        would: the shapes are the same, but, with ``subtract``, the type
+        and writeability of data left unscaled are not those the library's
+        model has, so data that are not floating-point (or not writeable)
+        are checked on the library's model.
+        """
+        library, options = self._library, self._options
+        if path is not None:
+            described = self._describe_file(index, path)
+            if described is not None:
+                return described
+        with LEDGER_LOCK:
+            model = borrow(library, index)
+        try:
+            member = describe(model, index, options.dqbits, options.subtract)
+            forward, inverse = wcs_callables(model.meta.wcs)
+        finally:
+            with LEDGER_LOCK:
+                library.shelve(model, index, modify=False)
+        return member, forward, inverse
+
+    def _describe_file(self, index, path):
+        """`_describe` from the member's file, or None to borrow the model instead.
+
+        A model failing a check is borrowed too, which raises the error (so
+        that no traceback holds on to the memory-mapped file).
+        """
+        options = self._options
+        with open_member_file(path, pixels=False) as model:
+            if model is None:
+                return None
+            if _checkable(model, options.subtract):
+                try:
+                    member = describe(model, index, options.dqbits, options.subtract)
+                except ValueError:
+                    pass
+                else:
+                    return (member, *wcs_callables(model.meta.wcs))
+        del model
+        gc.collect()  # the model's memory map, before the library's open
+        return None
 
     def _from_files(self):
         """Read the models on the remote workers, each from its file.
@@ -639,6 +791,16 @@ class ModelInputs:
             )
 
 
+def _checkable(model, subtract):
+    """Whether `describe` gives on ``model`` (metadata only) the library model's answer."""
+    if not subtract:
+        return True
+    data = getattr(model, "data", None)
+    if data is None:
+        return True
+    return bool(np.issubdtype(data.dtype, np.floating) and data.flags.writeable)
+
+
 class _LibrarySource:
     """Borrow one model of an open library for its pixels (and WCS).
 
@@ -648,25 +810,57 @@ class _LibrarySource:
     computed. The user's sky mask (`SkyMaskSet`), if any, is read then too.
     Calling the object is a context manager yielding a complete
     `ImageInput` (an engine ``source``); `pixels` yields only the arrays.
+
+    With ``path`` (an on-disk library's member file), the model is opened
+    from its file instead (`open_member_file`), reading its science and DQ
+    arrays only; the library is used if that fails.
     """
 
-    def __init__(self, library, index, dqbits, on_disk, masks):
+    def __init__(self, library, index, dqbits, on_disk, masks, path=None):
         self._library = library
         self._index = index
         self._dqbits = dqbits
         self._on_disk = on_disk
         self._masks = masks
+        self._path = path
         self._pixels = None
 
-    def _read(self, with_wcs):
-        with LEDGER_LOCK:
-            model = borrow(self._library, self._index, again=True)
-        try:
-            image = usable_image(model, self._index, self._dqbits, self._masks, with_wcs=with_wcs)
-        finally:
+    def _from_file(self, with_wcs):
+        """Read the image from its file; None: open it through the library instead.
+
+        On an error the model is borrowed from the library instead, which
+        raises it (no traceback then holds on to the memory-mapped file).
+        """
+        with contextlib.ExitStack() as stack:
             with LEDGER_LOCK:
-                self._library.shelve(model, self._index, modify=False)
+                model = stack.enter_context(open_member_file(self._path, pixels=True, again=True))
+            if model is None:
+                return None
+            try:
+                return usable_image(
+                    model, self._index, self._dqbits, self._masks, with_wcs=with_wcs, detach=True
+                )
+            except MemoryError:
+                raise
+            except Exception:  # the library's model gives the error, if any
+                pass
         del model
+        gc.collect()  # the model's memory map, before the library's open
+        return None
+
+    def _read(self, with_wcs):
+        image = None if self._path is None else self._from_file(with_wcs)
+        if image is None:
+            with LEDGER_LOCK:
+                model = borrow(self._library, self._index, again=True)
+            try:
+                image = usable_image(
+                    model, self._index, self._dqbits, self._masks, with_wcs=with_wcs
+                )
+            finally:
+                with LEDGER_LOCK:
+                    self._library.shelve(model, self._index, modify=False)
+            del model
         self._pixels = int(np.prod(image.shape))
         release(self._on_disk, pixels=self._pixels)
         return image
