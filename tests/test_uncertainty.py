@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 from skymatch_step import match, model_input
-from skymatch_step._uncertainty import level_variances, shared_pixel_covariances
+from skymatch_step._uncertainty import (
+    level_variances,
+    shared_pixel_covariances,
+    shared_structure_covariances,
+)
 from skymatch_step.simulate import MosaicSpec, simulate_mosaic
 
 # A 2x2 mosaic of unit squares overlapping by 0.2: groups 0 1 / 2 3.
@@ -70,6 +74,46 @@ def test_level_variances_match_repeated_fits_with_shared_pixels():
     assert np.all(gradient == 0.0)
     alone, _ = level_variances(a, b, errors, 4)
     assert np.all(noise > alone)
+
+
+def test_shared_structure_pairs_every_two_pairs_of_a_group_with_their_signs():
+    a, b, _, _ = _geometry()
+    structure = np.array([1.0, 2.0, 3.0, 4.0, 0.5, 0.0])
+    k, l_, cov = shared_structure_covariances(a, b, structure)
+    found = {(int(i), int(j)): c for i, j, c in zip(k, l_, cov, strict=True)}
+    # Pairs 0-1 and 0-2: group 0 on side a of both; half of each variance.
+    assert found[(0, 2)] == pytest.approx(1.0 * 3.0 / 2.0)
+    # Pairs 0-1 and 1-3: group 1 on side b, then side a: opposite signs.
+    assert found[(0, 3)] == pytest.approx(-1.0 * 4.0 / 2.0)
+    # Pairs 0-1 and 2-3 share no group; pair 5 has no structure.
+    assert (0, 1) not in found
+    assert not any(5 in key for key in found)
+    # Four groups of three pairs each, less pair 5's two groups' pairs with it.
+    assert len(found) == 4 * 3 - 2 * 2
+    assert shared_structure_covariances(a, b, np.zeros(a.size))[0].size == 0
+
+
+def test_level_variances_match_repeated_fits_with_each_groups_own_structure():
+    """Structure u_g common to all of a group's pairs: d = p_a - p_b + u_a - u_b + noise."""
+    a, b, _, _ = _geometry()
+    rng = np.random.default_rng(4)
+    noise = rng.uniform(0.5, 1.5, a.size)
+    own = 0.8  # standard deviation of every group's structure
+    errors = np.sqrt(noise**2 + 2 * own**2)
+    shared = shared_structure_covariances(a, b, np.full(a.size, np.sqrt(2) * own))
+    design = np.zeros((a.size, 4))
+    design[np.arange(a.size), a] = 1.0
+    design[np.arange(a.size), b] = -1.0
+    weight = np.diag(1.0 / errors**2)
+    solve = np.linalg.pinv(design.T @ weight @ design) @ design.T @ weight
+    draws = rng.normal(0.0, own, (40000, 4)) @ design.T + rng.normal(0.0, noise, (40000, a.size))
+    levels = draws @ solve.T
+    levels -= levels.mean(axis=1, keepdims=True)
+    with_structure, _ = level_variances(a, b, errors, 4, shared=shared)
+    np.testing.assert_allclose(with_structure, levels.var(axis=0), rtol=0.03)
+    alone, _ = level_variances(a, b, errors, 4)
+    # Independent pair errors average each group's structure away.
+    assert np.all(levels.var(axis=0) > 1.3 * alone)
 
 
 def test_level_variances_follow_random_gradients():

@@ -41,7 +41,7 @@ from scipy.stats import f as f_dist
 
 from ._network import Network
 from ._solver import connected_sets, fit_offsets
-from ._uncertainty import level_variances, shared_pixel_covariances
+from ._uncertainty import level_variances, shared_pixel_covariances, shared_structure_covariances
 
 __all__ = ["SkyFit", "fit_sky"]
 
@@ -479,20 +479,29 @@ def _fit_planes(records, layout, options):
 
 
 def _shared_pixel_factor(records, used, errors, ngroups):
-    """Factor on each group's plane uncertainty for the pixels its pairs share.
+    """Factor on each group's plane uncertainty for what its pairs share.
 
     Computed on the levels alone (each pair's level at its centre, with its
     error): the ratio of the level's standard deviation with and without
-    the shared pixels' covariances (`_uncertainty`); 1 where unknown.
+    the covariances of the pairs' shared pixels and of each group's own
+    structure (`_uncertainty`); 1 where unknown.
     """
     full = np.full(len(records), np.nan)
     full[used] = errors
     keep = _used_with_errors(records, full)
-    shared = _shared(records, keep, full)
-    if shared is None or not shared[0].size:
-        return np.ones(ngroups)
     a = [records[k].a for k in keep]
     b = [records[k].b for k in keep]
+    pixel = np.array([records[k].pixel_error for k in keep], dtype=float)
+    structure = np.sqrt(
+        np.maximum(full[keep] ** 2 - np.where(np.isfinite(pixel), pixel, np.inf) ** 2, 0.0)
+    )
+    parts = [shared_structure_covariances(a, b, structure)]
+    shared = _shared(records, keep, full)
+    if shared is not None:
+        parts.append(shared)
+    shared = tuple(np.concatenate(column) for column in zip(*parts, strict=True))
+    if not shared[0].size:
+        return np.ones(ngroups)
     with_shared, _ = level_variances(a, b, full[keep], ngroups, shared=shared)
     alone, _ = level_variances(a, b, full[keep], ngroups)
     factor = np.sqrt(with_shared / alone)

@@ -11,6 +11,13 @@ the levels less certain than the fit's own covariance says:
   ``cov = +-sigma_a**2 n_shared / (n_ab n_ac)``. Each overlap is taken as
   the rectangle of its pixels' positions (centre and second moments), and
   ``n_shared`` as the overlap of the two rectangles.
+- *A group's own structure* (plane sky). What a pair's error holds beyond
+  pixel noise (sky structure, 1/f striping) is half each group's; a
+  group's half is taken as common to all its pairs: its stripes or its
+  sky's structure shift all its overlaps alike, so the fit cannot average
+  it away (`shared_structure_covariances`). Measured on striped skies
+  (``benchmarks/bench_structure.py``), the plane's level uncertainties
+  otherwise fall short by a third.
 - *Unmodelled gradients.* A constant sky per group cannot follow a sky
   gradient ``g``: every pair of group ``a`` then measures ``a``'s level
   plus ``g . (c_k - c_a)``, ``c_k`` the overlap's centre and ``c_a`` the
@@ -35,7 +42,7 @@ from scipy.sparse import csr_matrix
 
 from ._network import Network
 
-__all__ = ["level_variances", "shared_pixel_covariances"]
+__all__ = ["level_variances", "shared_pixel_covariances", "shared_structure_covariances"]
 
 #: Groups whose rows of the fit's map are computed at once.
 _BATCH = 64
@@ -167,6 +174,54 @@ def shared_pixel_covariances(a, b, pixel_errors, centres, moments):
                 out_l.append(j)
                 out_c.append(sign * fraction * pixel_errors[k] * pixel_errors[j] / 2.0)
     return np.array(out_k, np.intp), np.array(out_l, np.intp), np.array(out_c, float)
+
+
+def shared_structure_covariances(a, b, structure):
+    """Covariances of pairs that share a group, from the structure in their errors.
+
+    Parameters
+    ----------
+    a, b : ndarray of int
+        The groups of every pair.
+    structure : ndarray
+        Every pair's error beyond its pixel noise (standard deviation;
+        0 where there is none).
+
+    Returns
+    -------
+    tuple of ndarray
+        ``(k, l, cov)`` for the pairs ``k < l`` with a group ``g`` in common:
+        ``+-structure[k] * structure[l] / 2`` (half of each pair's
+        structure variance is ``g``'s, common to all of ``g``'s pairs;
+        the sign as in `shared_pixel_covariances`). Pairs with both groups
+        in common get both terms.
+    """
+    a = np.asarray(a, dtype=np.intp)
+    b = np.asarray(b, dtype=np.intp)
+    structure = np.asarray(structure, dtype=float)
+    pairs = np.flatnonzero(structure > 0)
+    # Every (pair, group, sign) incidence, then every two incidences of a group.
+    k = np.concatenate([pairs, pairs])
+    g = np.concatenate([a[pairs], b[pairs]])
+    sign = np.concatenate([np.ones(pairs.size), -np.ones(pairs.size)])
+    order = np.argsort(g, kind="stable")
+    k, g, sign = k[order], g[order], sign[order]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    counts = np.diff(np.r_[starts, g.size])
+    if int(np.sum(counts * (counts - 1))) > 2 * _MAX_SHARED:
+        return np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0)
+    out_k, out_l, out_c = [], [], []
+    for start, count in zip(starts, counts, strict=True):
+        if count < 2:
+            continue
+        i, j = np.triu_indices(count, 1)
+        ki, kj = k[start + i], k[start + j]
+        out_k.append(np.minimum(ki, kj))
+        out_l.append(np.maximum(ki, kj))
+        out_c.append(sign[start + i] * sign[start + j] * structure[ki] * structure[kj] / 2.0)
+    if not out_k:
+        return np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0)
+    return np.concatenate(out_k), np.concatenate(out_l), np.concatenate(out_c)
 
 
 def _rectangle(centre, moments):
