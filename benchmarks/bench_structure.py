@@ -36,7 +36,7 @@ Metrics (`surface_error`, `constant_pulls`, `plane_pulls`):
 
 Examples
 --------
-Full run (about 15 minutes on two loaded cores)::
+Full run, 30 seeds per case (about 30 minutes on two loaded cores)::
 
     python benchmarks/bench_structure.py
 
@@ -656,7 +656,7 @@ def main(argv=None):
     """Run the benchmark; see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--seeds", type=int, default=10, help="seeds per case (1, 2, ...)")
+    parser.add_argument("--seeds", type=int, default=30, help="seeds per case (1, 2, ...)")
     parser.add_argument("--size", type=int, default=SIZE, help="image size, pixels")
     parser.add_argument("--exposures", type=int, default=EXPOSURES)
     parser.add_argument("--subsample", type=int, default=4, help="every n-th pixel per axis")
