@@ -23,7 +23,9 @@ the pair errors are propagated through the fit together with the pixels
 that overlapping pairs share and, for a constant sky, the gradients that the
 pairs' slopes show and a constant cannot follow; the Birge ratio widens the
 part of the pair errors when the residuals call for it. For planes the
-shared pixels widen the network's own uncertainties (`Network`). Without
+shared pixels and each group's own structure (what its pairs' errors hold
+beyond pixel noise, common to all of them) widen the network's own
+uncertainties (`Network`). Without
 pair errors (``compare='statistics'``), the errors are taken from the
 robust scatter of the weighted residuals.
 """
@@ -467,7 +469,7 @@ def _fit_planes(records, layout, options):
             free = eqs.network(used, cov)
             uncertainties *= _birge(float(free.chi2(free.solve()).sum()), free.redundancy())
             level_errors = np.sqrt(eqs.cov_m[used, 0, 0] + excess**2)  # at each centre
-            uncertainties *= _shared_pixel_factor(records, used, level_errors, ngroups)
+            uncertainties *= _shared_factor(records, used, level_errors, ngroups)
         _fill_plane_columns(records, planes, scale, excess)
     levels = np.einsum("gd,gd->g", combos, planes)
     # Back to physical units: slopes per degree of xi and eta.
@@ -478,7 +480,7 @@ def _fit_planes(records, layout, options):
     return SkyFit(levels, sets, uncertainties, planes, excess, chi2_pixel)
 
 
-def _shared_pixel_factor(records, used, errors, ngroups):
+def _shared_factor(records, used, errors, ngroups):
     """Factor on each group's plane uncertainty for what its pairs share.
 
     Computed on the levels alone (each pair's level at its centre, with its
@@ -491,10 +493,10 @@ def _shared_pixel_factor(records, used, errors, ngroups):
     keep = _used_with_errors(records, full)
     a = [records[k].a for k in keep]
     b = [records[k].b for k in keep]
+    # Each error beyond its pixel noise (none where the pixel noise is unknown).
     pixel = np.array([records[k].pixel_error for k in keep], dtype=float)
-    structure = np.sqrt(
-        np.maximum(full[keep] ** 2 - np.where(np.isfinite(pixel), pixel, np.inf) ** 2, 0.0)
-    )
+    pixel = np.where(np.isfinite(pixel), pixel, full[keep])
+    structure = np.sqrt(np.maximum(full[keep] ** 2 - pixel**2, 0.0))
     parts = [shared_structure_covariances(a, b, structure)]
     shared = _shared(records, keep, full)
     if shared is not None:
@@ -604,16 +606,17 @@ def _plane_excess(eqs, used, report=True, quick=False):
     excess2 = slope2 = 0.0
     # quick (for the constant sky's uncertainties): one round, searched from
     # the pairs' own variances, to 10%.
-    search = {}
+    rounds, level, slope = 3, {}, {}
     if quick:
-        search = {"tolerance": 1.1}
-    for _ in range(1 if quick else 3):
-        if quick:
-            search["start"] = float(np.median(eqs.cov_m[used, 0, 0]))
-        excess2 = _excess_variance(lambda t, v=slope2: chi2_level(t, v), dof, 1, **search)
-        if quick:
-            search["start"] = float(np.median(eqs.cov_m[used, 1, 1] + eqs.cov_m[used, 2, 2]))
-        slope2 = _excess_variance(lambda t, e=excess2: chi2_slopes(t, e), 2 * dof, 2, **search)
+        rounds = 1
+        level = {"start": float(np.median(eqs.cov_m[used, 0, 0])), "tolerance": 1.1}
+        slope = {
+            "start": float(np.median(eqs.cov_m[used, 1, 1] + eqs.cov_m[used, 2, 2])),
+            "tolerance": 1.1,
+        }
+    for _ in range(rounds):
+        excess2 = _excess_variance(lambda t, v=slope2: chi2_level(t, v), dof, 1, **level)
+        slope2 = _excess_variance(lambda t, e=excess2: chi2_slopes(t, e), 2 * dof, 2, **slope)
     excess, slope_excess = math.sqrt(excess2), math.sqrt(slope2)
     if not report:
         return excess, slope_excess, chi2_pixel
